@@ -1,0 +1,28 @@
+"""sam2volume: segment 3D CT/MRI volumes with SAM2 by treating slices as video frames.
+
+Importing this package never imports torch; the engine loads it on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import InputError, ModelError, Sam2VolumeError  # noqa: E402
+from .io import read_labelmap, read_volume, write_labelmap, write_volume  # noqa: E402
+from .volume import Volume  # noqa: E402
+from .windowing import CT_PRESETS, Window, choose_window  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Volume",
+    "read_volume",
+    "read_labelmap",
+    "write_volume",
+    "write_labelmap",
+    "Window",
+    "choose_window",
+    "CT_PRESETS",
+    "Sam2VolumeError",
+    "InputError",
+    "ModelError",
+]

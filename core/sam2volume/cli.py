@@ -1,0 +1,119 @@
+"""The ``sam2volume`` command. Each subcommand mirrors a Python API function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import Sam2VolumeError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series-uid", help="SeriesInstanceUID to read when a DICOM folder holds several series")
+    p.add_argument(
+        "--allow-uneven-spacing",
+        action="store_true",
+        help="read a DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)",
+    )
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io import read_volume
+
+    vol = read_volume(args.path, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+    info = vol.summary()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>15}: {value}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .io import read_labelmap, read_volume, write_labelmap, write_volume
+
+    reference = None
+    if args.reference:
+        reference = read_volume(args.reference, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+    out = str(args.output).lower()
+    is_seg_output = out.endswith((".seg.nrrd", ".dcm"))
+    if args.labelmap or is_seg_output:
+        lab = read_labelmap(args.input, reference=reference, series_uid=args.series_uid)
+        write_labelmap(lab, args.output, reference=reference)
+    else:
+        vol = read_volume(args.input, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+        write_volume(vol, args.output)
+    if not args.quiet:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam2volume",
+        description="Segment 3D CT/MRI volumes with SAM2 (slices as video frames).",
+    )
+    parser.add_argument("--version", action="version", version=f"sam2volume {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print size, spacing, orientation, intensity range and modality")
+    p.add_argument("path", help="image file (.nii/.nii.gz/.nrrd/.mha/...) or DICOM series folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert an image or labelmap between formats, keeping its geometry")
+    p.add_argument("input")
+    p.add_argument("output", help="output file: .nii, .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm (DICOM-SEG)")
+    p.add_argument("--labelmap", action="store_true", help="treat the input as a labelmap (implied for .seg.nrrd/.dcm output)")
+    p.add_argument("--reference", help="image the labelmap belongs to (checked; required for DICOM-SEG output)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_convert)
+
+    for register in _EXTRA_PARSERS:
+        register(sub)
+    return parser
+
+
+#: other modules add subcommands here (segment, models, evaluate, ...)
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Sam2VolumeError as exc:
+        print(f"sam2volume {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sam2volume {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load_extra_commands() -> None:
+    if _EXTRA_PARSERS:
+        return
+    import importlib
+
+    for name in ("cli_segment",):
+        try:
+            mod = importlib.import_module(f"sam2volume.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sam2volume.{name}":
+                raise
+            continue
+        _EXTRA_PARSERS.append(mod.register)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Errors raised by sam2volume.
+
+Every error says which value is wrong and how to fix it; callers can catch
+:class:`Sam2VolumeError` to handle any of them.
+"""
+
+
+class Sam2VolumeError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(Sam2VolumeError, ValueError):
+    """A file, argument or prompt is not usable; the message names it and the fix."""
+
+
+class GeometryMismatchError(InputError):
+    """Two volumes that must share a voxel grid do not."""
+
+
+class UnevenSpacingError(InputError):
+    """A DICOM series whose slices are not evenly spaced."""
+
+
+class ModelError(Sam2VolumeError):
+    """A model, config or checkpoint cannot be used."""
+
+
+class WeightsNotAvailableError(ModelError):
+    """A checkpoint is not on disk and cannot be downloaded."""
+
+
+class CancelledError(Sam2VolumeError):
+    """Long work stopped because the caller asked it to."""

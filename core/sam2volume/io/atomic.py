@@ -1,0 +1,49 @@
+"""Write files so that a crash or an error never leaves a partial output behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def split_suffix(path: Path) -> tuple[str, str]:
+    """Split ``a/b.seg.nrrd`` into (``b``, ``.seg.nrrd``); double suffixes we know are kept."""
+    name = path.name
+    for suffix in (".seg.nrrd", ".nii.gz", ".seg.dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return path.stem, path.suffix
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` with the same suffix; rename it on success.
+
+    On any exception the temporary file (or folder) is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix = split_suffix(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # writers create it themselves (some refuse to overwrite)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,144 @@
+"""Write volumes and labelmaps: NIfTI, NRRD, MHA, 3D Slicer .seg.nrrd, DICOM-SEG.
+
+Every writer goes through :func:`atomic_output`: the file appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+from .atomic import atomic_output
+
+#: single-file formats we write (two-file .nhdr/.mhd are read only: their data file
+#: cannot be renamed atomically together with the header)
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd", ".dcm")
+
+#: colours for segments that have none (Slicer's GenericAnatomyColors first entries)
+DEFAULT_COLORS = [
+    (0.502, 0.682, 0.502), (0.945, 0.839, 0.569), (0.694, 0.478, 0.396), (0.435, 0.722, 0.824),
+    (0.847, 0.396, 0.310), (0.867, 0.510, 0.396), (0.565, 0.933, 0.565), (0.863, 0.961, 0.078),
+    (0.780, 0.780, 0.188), (0.902, 0.863, 0.275), (0.980, 0.980, 0.824), (1.0, 0.627, 0.478),
+]
+
+
+def output_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".seg.nrrd"):
+        return "seg.nrrd"
+    if name.endswith(".dcm"):
+        return "dicom-seg"
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return "itk"
+    raise InputError(
+        f"{path}: cannot write this file type; use one of {', '.join(WRITE_SUFFIXES)} "
+        "(.dcm writes a DICOM-SEG and needs a DICOM reference series)"
+    )
+
+
+def labelmap_dtype(array: np.ndarray) -> np.dtype:
+    if array.size == 0:
+        return np.dtype(np.uint8)
+    lo, hi = int(array.min()), int(array.max())
+    if lo < 0:
+        raise InputError(f"labelmap has negative label {lo}; labels must be 0 (background) or positive integers")
+    return np.dtype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32)
+
+
+def normalize_segments(labels: Sequence[int], segments: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One entry per label present: ``{label, name, color}``, filling missing names/colours."""
+    given = {int(s["label"]): s for s in (segments or [])}
+    out = []
+    for n, label in enumerate(sorted(set(int(v) for v in labels) | set(given))):
+        if label == 0:
+            continue
+        s = given.get(label, {})
+        color = s.get("color") or DEFAULT_COLORS[n % len(DEFAULT_COLORS)]
+        out.append({"label": label, "name": str(s.get("name") or f"Segment_{label}"), "color": [float(c) for c in color]})
+    return out
+
+
+def write_volume(vol: Volume, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
+    """Write an image or labelmap in a single-file ITK format (.nii, .nii.gz, .nrrd, .mha)."""
+    path = Path(path)
+    kind = output_kind(path)
+    if kind != "itk":
+        raise InputError(f"{path}: {kind} holds segmentations only; write it with write_labelmap()")
+    import SimpleITK as sitk
+
+    from .readers import volume_to_sitk
+
+    image = volume_to_sitk(vol)
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
+
+
+def write_labelmap(
+    labelmap: Volume,
+    path: str | os.PathLike[str],
+    *,
+    segments: Sequence[dict[str, Any]] | None = None,
+    reference: Volume | None = None,
+) -> Path:
+    """Write a labelmap with its geometry (and, for .seg.nrrd / DICOM-SEG, names and colours).
+
+    ``segments``: ``[{"label": 1, "name": "liver", "color": [r, g, b]}, ...]`` (0..1 colours);
+    defaults to ``labelmap.meta['segments']``. ``reference`` (the image the labels belong to)
+    is checked to share the labelmap's grid, and is required for DICOM-SEG.
+    """
+    path = Path(path)
+    kind = output_kind(path)
+    array = np.asarray(labelmap.array)
+    if array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{labelmap.name}: labelmap has non-integer values; round or threshold it first")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    array = array.astype(labelmap_dtype(array), copy=False)
+    if reference is not None:
+        reference.check_same_grid(labelmap)
+    segs = normalize_segments(np.unique(array).tolist(), segments if segments is not None else labelmap.meta.get("segments"))
+    lab = labelmap.with_array(array)
+    if kind == "itk":
+        return write_volume(lab, path)
+    if kind == "seg.nrrd":
+        return _write_seg_nrrd(lab, path, segs)
+    from .dicom_seg import write_dicom_seg
+
+    return write_dicom_seg(lab, path, segs, reference if reference is not None else labelmap)
+
+
+def _write_seg_nrrd(lab: Volume, path: Path, segs: list[dict[str, Any]]) -> Path:
+    import slicerio
+
+    segmentation = {
+        "voxels": lab.array,
+        "ijkToLPS": lab.ijk_to_lps,
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": [],
+    }
+    for n, s in enumerate(segs):
+        idx = np.nonzero(lab.array == s["label"])
+        extent = [int(v) for axis in idx for v in (axis.min(), axis.max())] if idx[0].size else [0, -1, 0, -1, 0, -1]
+        segmentation["segments"].append(
+            {
+                "id": f"Segment_{s['label']}",
+                "name": s["name"],
+                "color": s["color"],
+                "labelValue": s["label"],
+                "layer": 0,
+                "extent": extent,
+            }
+        )
+    with atomic_output(path) as tmp:
+        slicerio.write_segmentation(str(tmp), segmentation)
+    return path

@@ -1,0 +1,71 @@
+"""A labelmap written in each format and read back is identical, at the same physical place."""
+
+import numpy as np
+import pytest
+
+from sam2volume import read_labelmap, read_volume, write_labelmap, write_volume
+
+
+def _same_placement(a, b):
+    np.testing.assert_allclose(a.ijk_to_lps, b.ijk_to_lps, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd"])
+@pytest.mark.parametrize("name", ["example_seg.nii.gz", "example_seg_mr.nii.gz"])
+def test_labelmap_roundtrip(tmp_path, totalseg, suffix, name):
+    lab = read_labelmap(totalseg / name)
+    segments = [{"label": 5, "name": "liver", "color": [0.8, 0.4, 0.2]}]
+    out = write_labelmap(lab, tmp_path / f"out{suffix}", segments=segments)
+    back = read_labelmap(out)
+    np.testing.assert_array_equal(back.array, lab.array)
+    _same_placement(back, lab)
+    if suffix == ".seg.nrrd":
+        by_label = {s["label"]: s for s in back.meta["segments"]}
+        assert by_label[5]["name"] == "liver"
+        np.testing.assert_allclose(by_label[5]["color"], [0.8, 0.4, 0.2], atol=1e-5)
+        assert set(by_label) == set(np.unique(lab.array)) - {0}
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_slicer_segmentation_roundtrip_keeps_names(tmp_path, slicerio_data):
+    seg = read_labelmap(slicerio_data / "Segmentation.seg.nrrd")
+    out = write_labelmap(seg, tmp_path / "copy.seg.nrrd")
+    back = read_labelmap(out)
+    np.testing.assert_array_equal(back.array, seg.array)
+    assert [s["name"] for s in back.meta["segments"]] == [s["name"] for s in seg.meta["segments"]]
+    _same_placement(back, seg)
+
+
+def test_image_roundtrip_keeps_voxels_and_geometry(tmp_path, totalseg):
+    for name in ["example_ct_sm.nii.gz", "example_mr_sm.nii.gz"]:
+        vol = read_volume(totalseg / name)
+        for suffix in [".nrrd", ".mha", ".nii.gz"]:
+            back = read_volume(write_volume(vol, tmp_path / f"img{suffix}"))
+            np.testing.assert_array_equal(back.array, vol.array)
+            _same_placement(back, vol)
+
+
+def test_dicom_seg_references_series_and_roundtrips(tmp_path, totalseg):
+    import pydicom
+
+    ct = read_volume(totalseg / "example_ct_dicom")
+    lab = read_labelmap(totalseg / "example_seg_dicom.nii.gz")
+    lab = lab.reoriented(lab.reorientation_to(ct.orientation))
+    keep = np.isin(lab.array, [5, 1, 2])  # three organs keep the file small
+    lab = lab.with_array(np.where(keep, lab.array, 0).astype(np.uint8))
+    segments = [{"label": 5, "name": "liver"}, {"label": 1, "name": "spleen"}]
+    out = write_labelmap(lab, tmp_path / "seg.dcm", reference=ct, segments=segments)
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG"
+    referenced = {r.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    expected = set()
+    for f in ct.meta["dicom_files"]:
+        src = pydicom.dcmread(f, stop_before_pixels=True)
+        expected.add(src.SOPInstanceUID or src.file_meta.MediaStorageSOPInstanceUID)
+    assert referenced == expected
+    back = read_labelmap(out)
+    back = back.reoriented(back.reorientation_to(lab.orientation))  # highdicom may stack slices the other way
+    np.testing.assert_array_equal(back.array, lab.array)
+    _same_placement(back, lab)
+    names = {s["label"]: s["name"] for s in back.meta["segments"]}
+    assert names[5] == "liver" and names[1] == "spleen"
