@@ -1,0 +1,63 @@
+"""One typed config for model, image size, dtype, device and offload (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import InputError
+from ..models.registry import DEFAULT_MODEL, ModelSpec, custom_model, get_model
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class EngineConfig:
+    """How to build and run SAM2.
+
+    * ``model``: a registry name (``sam2volume models``), or ``checkpoint`` + ``config_file`` for a
+      custom model.
+    * ``image_size``: model input size; defaults to the model's own (1024 for SAM2, 512 for MedSAM2).
+    * ``device``: ``auto`` picks CUDA, then Apple MPS, then CPU. ``dtype``: ``auto`` is bfloat16
+      autocast on CUDA and float32 elsewhere; ``bfloat16`` on CPU is about 1.7x faster.
+    * ``offload_state_to_cpu``: keep SAM2's memory bank on the CPU (saves GPU memory).
+    * ``feature_cache_mb``: budget for cached image-encoder features, so corrections re-propagate
+      without re-encoding. ``random_weights``: build without a checkpoint (tests, benchmarks).
+    """
+
+    model: str = DEFAULT_MODEL
+    checkpoint: str | None = None
+    config_file: str | None = None
+    image_size: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    offload_state_to_cpu: bool = False
+    feature_cache_mb: float = 2048.0
+    random_weights: bool = False
+    seed: int = 0
+    extra_overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise InputError(f"device {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+        if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
+            raise InputError(f"image_size {self.image_size} must be a multiple of 32 and at least 64")
+        if self.feature_cache_mb < 0:
+            raise InputError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+
+    def spec(self) -> ModelSpec:
+        if self.config_file is not None:
+            if self.checkpoint is None and not self.random_weights:
+                raise InputError("a custom config_file needs checkpoint= (or random_weights=True)")
+            return custom_model(self.checkpoint or "random.pt", self.config_file, self.image_size or 1024)
+        return get_model(self.model)
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or self.spec().image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

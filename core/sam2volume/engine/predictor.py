@@ -1,0 +1,254 @@
+"""Build SAM2's video predictor from its packaged configs, with a memory-budgeted feature cache.
+
+Hydra stays in this module. :class:`CachedVideoPredictor` is upstream's ``SAM2VideoPredictor``
+with one change: image-encoder features are kept in an LRU cache with a byte budget instead of
+only for the last frame, so a correction re-propagates without re-encoding slices. Features
+are identical either way, so results equal upstream's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from ..errors import ModelError
+from ..models.weights import WeightsManager
+from .config import EngineConfig
+
+
+class FeatureCache:
+    """LRU cache of per-slice backbone features within ``budget_bytes``.
+
+    Positional encodings depend only on the feature size, so one copy serves every slice.
+    """
+
+    def __init__(self, budget_bytes: float):
+        self.budget = float(budget_bytes)
+        self.entries: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
+        self.pos_enc: list[torch.Tensor] | None = None
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(tensors: list[torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def get(self, idx: int) -> list[torch.Tensor] | None:
+        entry = self.entries.get(idx)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(idx)
+        return entry
+
+    def put(self, idx: int, fpn: list[torch.Tensor]) -> None:
+        size = self._size(fpn)
+        if idx in self.entries:
+            self.nbytes -= self._size(self.entries.pop(idx))
+        self.entries[idx] = fpn
+        self.nbytes += size
+        while self.entries and self.nbytes > self.budget and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= self._size(old)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
+
+class CachedVideoPredictor(SAM2VideoPredictor):
+    """Upstream's video predictor with a budgeted feature cache and an encoder-call counter."""
+
+    encoder_calls: int = 0
+
+    def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        cache: FeatureCache | None = inference_state.get("feature_cache")
+        if cache is None:  # used like upstream (e.g. init_state on a JPEG folder)
+            return super()._get_image_feature(inference_state, frame_idx, batch_size)
+        fpn = cache.get(frame_idx)
+        if fpn is None:
+            device = inference_state["device"]
+            image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
+            backbone_out = self.forward_image(image)
+            self.encoder_calls += 1
+            fpn = list(backbone_out["backbone_fpn"])
+            cache.put(frame_idx, fpn)
+            if cache.pos_enc is None or [p.shape for p in cache.pos_enc] != [p.shape for p in backbone_out["vision_pos_enc"]]:
+                cache.pos_enc = list(backbone_out["vision_pos_enc"])
+        expanded = {
+            "backbone_fpn": [f.expand(batch_size, -1, -1, -1) for f in fpn],
+            "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in cache.pos_enc],
+        }
+        features = self._prepare_backbone_features(expanded)
+        # the image tensor itself is never read by the callers (they unpack it as `_`)
+        return (torch.empty(batch_size, 3, 0, 0),) + features
+
+    # Upstream stores memory features as bfloat16 and so only runs under bf16 autocast. Without
+    # autocast (float32 on CPU), hand them back as float32: the same values, in a dtype the
+    # float32 memory attention accepts.
+    def _run_single_frame_inference(self, inference_state, *args, **kwargs):
+        current_out, pred_masks = super()._run_single_frame_inference(inference_state, *args, **kwargs)
+        feats = current_out.get("maskmem_features")
+        if feats is not None and not _autocast_on(inference_state["device"]):
+            current_out["maskmem_features"] = feats.float()
+        return current_out, pred_masks
+
+    def _run_memory_encoder(self, inference_state, *args, **kwargs):
+        feats, pos = super()._run_memory_encoder(inference_state, *args, **kwargs)
+        if not _autocast_on(inference_state["device"]):
+            feats = feats.float()
+        return feats, pos
+
+
+def _autocast_on(device: torch.device) -> bool:
+    return torch.is_autocast_enabled(torch.device(device).type)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError(f"device {name!r} asked for, but Apple MPS is not available here; use device='cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _has_cuda_extension() -> bool:
+    try:
+        from sam2 import _C  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def model_overrides(config: EngineConfig, device: torch.device) -> dict[str, Any]:
+    """Config overrides: upstream's video post-processing, our predictor class, the image size."""
+    image_size = config.resolved_image_size
+    feat = image_size // 16
+    out: dict[str, Any] = {
+        "model._target_": f"{CachedVideoPredictor.__module__}.{CachedVideoPredictor.__name__}",
+        # as upstream's build_sam2_video_predictor(apply_postprocessing=True)
+        "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
+        "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+        "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+        "model.binarize_mask_from_pts_for_mem_enc": True,
+        # hole filling needs SAM2's CUDA-only extension; without it upstream skips it with a warning
+        "model.fill_hole_area": 8 if (device.type == "cuda" and _has_cuda_extension()) else 0,
+        # a correction on a propagated slice becomes a conditioning slice, so it holds on re-propagation
+        "model.add_all_frames_to_correct_as_cond": True,
+        "model.image_size": image_size,
+        "model.memory_attention.layer.self_attention.feat_sizes": [feat, feat],
+        "model.memory_attention.layer.cross_attention.feat_sizes": [feat, feat],
+    }
+    for item in config.extra_overrides:
+        key, _, value = item.lstrip("+").partition("=")
+        import yaml
+
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def compose_config(config_name: str, overrides: dict[str, Any]) -> Any:
+    """The model config as an OmegaConf object (packaged config name or a .yaml path)."""
+    import sam2  # noqa: F401  (registers the packaged configs with hydra)
+    from omegaconf import OmegaConf
+
+    path = Path(config_name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        cfg = OmegaConf.load(path)
+    else:
+        from hydra import compose
+
+        try:
+            cfg = compose(config_name=config_name)
+        except Exception as exc:
+            raise ModelError(f"SAM2 config {config_name!r} not found ({exc}); name a packaged config or a .yaml file") from None
+    if "model" not in cfg:
+        raise ModelError(f"SAM2 config {config_name!r} has no 'model' section; it is not a SAM2 model config")
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path, name: str) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint {path} holds no SAM2 state dict (expected a dict with a 'model' entry)")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"checkpoint {path} does not fit model {name} (wrong architecture: {str(exc).splitlines()[1:2]}); "
+            "pick the config that matches the checkpoint"
+        ) from None
+    if missing or unexpected:
+        raise ModelError(
+            f"checkpoint {path} does not fit model {name} (wrong architecture: {len(missing)} missing keys "
+            f"e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}); pick the config that matches"
+        )
+
+
+def build_predictor(config: EngineConfig, progress: bool = False) -> CachedVideoPredictor:
+    """Build the model described by ``config`` (downloading its checkpoint if needed)."""
+    spec = config.spec()
+    device = resolve_device(config.device)
+    ckpt_path = None
+    if not config.random_weights:
+        # find the weights before building anything heavy
+        ckpt_path = Path(config.checkpoint) if config.checkpoint else WeightsManager().ensure(spec, progress=progress)
+        if not ckpt_path.is_file():
+            raise ModelError(f"checkpoint {ckpt_path} does not exist")
+    cfg = compose_config(spec.config, model_overrides(config, device))
+    from hydra.utils import instantiate
+
+    with _seeded(config.seed):
+        model = instantiate(cfg.model, _recursive_=True)
+    if ckpt_path is not None:
+        load_checkpoint(model, ckpt_path, spec.name)
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
