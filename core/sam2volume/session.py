@@ -250,6 +250,26 @@ class Session:
         """The slice number (along this session's axis) holding a point of the input volume."""
         return int(round(float(self.axis.to_frame(self._to_canonical_index(ijk, coords))[0, 0])))
 
+    def input_region(self, s: int, frame: np.ndarray | None = None) -> tuple[tuple[Any, ...], np.ndarray | None]:
+        """Where slice ``s`` lies in the input volume's array, and ``frame`` laid out to fit it.
+
+        Returns ``(index, values)`` so that ``volume.array[index] = values`` writes a 2D frame
+        (e.g. a preview mask) into the input's own layout: the way to update only changed slices.
+        """
+        s = self._check_slice(s)
+        w = self.axis.normal
+        a = self._reo.perm[w]
+        index: list[Any] = [slice(None)] * 3
+        index[a] = (self.volume.shape[a] - 1 - s) if self._reo.flip[w] else s
+        if frame is None:
+            return tuple(index), None
+        shape = list(self._canon.shape)
+        shape[w] = 1
+        canon = np.zeros(shape, dtype=np.asarray(frame).dtype)
+        self.axis.set_frame(canon, 0, frame)
+        values = self._reo.invert_array(canon)
+        return tuple(index), np.squeeze(values, axis=a)
+
     # ----------------------------------------------------------------- prompts
     def add_points(
         self,
