@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Sam2VolumeError as exc:
         print(f"sam2volume {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `sam2volume models | head`
+        return 0
     except KeyboardInterrupt:
         print(f"sam2volume {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -88,15 +88,19 @@ class Session:
         import torch
 
         from .engine.frames import SliceFrames
-        from .engine.predictor import FeatureCache, build_predictor, resolve_device, resolve_dtype
+        from .engine.predictor import FeatureCache, resolve_device, resolve_dtype
 
         self._torch = torch
-        self.predictor = predictor if predictor is not None else build_predictor(self.config, progress=progress)
-        self.device = next(self.predictor.parameters()).device
-        self.dtype = resolve_dtype(self.config.dtype, resolve_device(str(self.device.type)))
-        self.frames = SliceFrames(self._canon.array, self.axis, self.window, self.predictor.image_size)
+        self._predictor = predictor  # built on first use, so prompts are checked before heavy work
+        if predictor is not None:
+            self.device = next(predictor.parameters()).device
+            image_size = int(predictor.image_size)
+        else:
+            self.device = resolve_device(self.config.device)
+            image_size = self.config.resolved_image_size
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        self.frames = SliceFrames(self._canon.array, self.axis, self.window, image_size)
         self.feature_cache = FeatureCache(self.config.feature_cache_mb * 2**20)
-        self._memory_window = max(int(self.predictor.num_maskmem), int(self.predictor.max_obj_ptrs_in_encoder)) + 1
         self._state = self._new_state()
         self.objects: dict[int, SessionObject] = {}
         self._prompts: dict[tuple[int, int], _SlicePrompt] = {}
@@ -131,6 +135,21 @@ class Session:
             "frames_tracked_per_obj": {},
             "feature_cache": self.feature_cache,
         }
+
+    @property
+    def predictor(self) -> Any:
+        """SAM2's video predictor (built from ``config`` on first use)."""
+        if self._predictor is None:
+            from .engine.predictor import build_predictor
+
+            self._predictor = build_predictor(self.config, progress=self.progress)
+            if int(self._predictor.image_size) != self.frames.image_size:
+                raise Sam2VolumeError("model image size differs from the session's frames")
+        return self._predictor
+
+    @property
+    def _memory_window(self) -> int:
+        return max(int(self.predictor.num_maskmem), int(self.predictor.max_obj_ptrs_in_encoder)) + 1
 
     @property
     def num_slices(self) -> int:
@@ -313,6 +332,16 @@ class Session:
         on one slice, or, with ``slice_index``, ``[x0, y0, x1, y1]`` in frame pixels
         (x = column, y = row, x0 < x1, y0 < y1).
         """
+        s, x0, y0, x1, y1 = self.box_on_slice(box, slice_index=slice_index, coords=coords)
+        self.add_object(label, name)
+        prompt = self._prompts.setdefault((label, s), _SlicePrompt())
+        new_box = (float(x0), float(y0), float(x1), float(y1))
+        mask = self._send_prompt(label, s, prompt.points, prompt.point_labels, new_box)
+        prompt.box = new_box
+        return mask
+
+    def box_on_slice(self, box: Any, *, slice_index: int | None = None, coords: str = "voxel") -> tuple[int, float, float, float, float]:
+        """Check a box (see :meth:`add_box`) and return ``(slice, x0, y0, x1, y1)`` in frame pixels."""
         arr = np.asarray(box, dtype=np.float64)
         if arr.shape == (4,) and slice_index is not None:
             s = self._check_slice(slice_index)
@@ -331,12 +360,7 @@ class Session:
             )
         if x1 - x0 < 1 or y1 - y0 < 1:
             raise InputError(f"box [{x0}, {y0}, {x1}, {y1}] on slice {s} is empty (under one pixel wide or high)")
-        self.add_object(label, name)
-        prompt = self._prompts.setdefault((label, s), _SlicePrompt())
-        new_box = (float(x0), float(y0), float(x1), float(y1))
-        mask = self._send_prompt(label, s, prompt.points, prompt.point_labels, new_box)
-        prompt.box = new_box
-        return mask
+        return s, float(x0), float(y0), float(x1), float(y1)
 
     def add_mask(self, label: int, mask: Any, slice_index: int, *, name: str | None = None) -> np.ndarray:
         """Give object ``label``'s mask on one slice (2D in frame layout, or 3D like the input volume)."""

@@ -1,0 +1,124 @@
+"""Python API that mirrors the ``sam2volume segment`` command."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .io import read_volume, write_labelmap
+from .io.atomic import atomic_output, split_suffix
+from .io.writers import output_kind
+from .prompts import PromptSet, check_and_apply, load_prompts, parse_prompts
+from .volume import Volume
+
+
+def report_path(output: str | Path) -> Path:
+    out = Path(output)
+    stem, _ = split_suffix(out)
+    return out.with_name(stem + ".report.json")
+
+
+def _versions() -> dict[str, str]:
+    out = {"sam2volume": __version__, "python": platform.python_version()}
+    from importlib import metadata
+
+    for dist in ("torch", "rf-sam-2", "sam2", "SimpleITK", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def segment(
+    image: str | Path | Volume,
+    prompts: str | Path | dict[str, Any] | PromptSet,
+    output: str | Path | None = None,
+    *,
+    config: Any = None,
+    axis: str | None = None,
+    direction: str = "both",
+    stop_after: int | None = 3,
+    window: str | None = None,
+    png: str | Path | None = None,
+    predictor: Any = None,
+    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    series_uid: str | None = None,
+) -> tuple[Volume, dict[str, Any]]:
+    """Segment ``image`` from ``prompts``; returns (labelmap, run report) and writes ``output``.
+
+    Everything is checked (files, prompts, output format) before the model is built.
+    """
+    from .engine.config import EngineConfig
+    from .session import Session
+
+    t0 = time.perf_counter()
+    if output is not None:
+        output_kind(Path(output))  # unknown format: fail now, not after the work
+    vol = image if isinstance(image, Volume) else read_volume(image, series_uid=series_uid)
+    if isinstance(prompts, PromptSet):
+        pset = prompts
+    elif isinstance(prompts, dict):
+        pset = parse_prompts(prompts)
+    else:
+        pset = load_prompts(prompts)
+    if output is not None and Path(output).name.lower().endswith(".dcm") and not vol.meta.get("dicom_files"):
+        raise InputError(f"{output}: DICOM-SEG output needs a DICOM series as input; write .seg.nrrd or .nii.gz instead")
+    cfg = config if config is not None else EngineConfig()
+    session = Session(vol, axis or pset.axis or "axial", cfg, predictor=predictor, window=window, progress=progress)
+    check_and_apply(session, pset, apply=False)
+    t_read = time.perf_counter()
+    _ = session.predictor  # build (and download) the model
+    t_model = time.perf_counter()
+    check_and_apply(session, pset, apply=True)
+    t_prompt = time.perf_counter()
+    prop = session.propagate(direction, stop_after=stop_after, progress=on_progress)
+    t_prop = time.perf_counter()
+    result = session.result()
+    counts = {int(v): int(c) for v, c in zip(*np.unique(result.array, return_counts=True)) if v}
+    report = {
+        "command": "segment",
+        "versions": _versions(),
+        "input": vol.summary(),
+        "prompts": pset.source,
+        "axis": session.axis.axis,
+        "direction": direction,
+        "stop_after": stop_after,
+        "window": {"low": session.window.low, "high": session.window.high},
+        "config": cfg.to_dict(),
+        "random_weights": bool(cfg.random_weights),
+        "device": str(session.device),
+        "objects": [
+            {"label": o.label, "name": o.name, "voxels": counts.get(o.label, 0), "stopped_at": prop.stopped.get(o.label, {})}
+            for o in session.objects.values()
+        ],
+        "slices_run": prop.slices_run,
+        "encoder_calls": session.encoder_calls,
+        "seconds": {
+            "read_and_check": round(t_read - t0, 3),
+            "model": round(t_model - t_read, 3),
+            "prompts": round(t_prompt - t_model, 3),
+            "propagate": round(t_prop - t_prompt, 3),
+            "per_slice": round((t_prop - t_prompt) / max(1, prop.slices_run), 4),
+        },
+    }
+    if output is not None:
+        write_labelmap(result, output, reference=vol)
+        report["output"] = str(output)
+        if png is not None:
+            from .overlay import save_overlay_png
+
+            title = f"{Path(str(vol.name)).name}: {cfg.model}" + (" - RANDOM WEIGHTS, pipeline check only" if cfg.random_weights else "")
+            save_overlay_png(vol, result, png, window=session.window, axis=session.axis.axis, title=title)
+            report["png"] = str(png)
+        with atomic_output(report_path(output)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=str))
+    return result, report

@@ -1,0 +1,89 @@
+"""``sam2volume segment`` and ``sam2volume models``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a volume from a prompts file with SAM2")
+    p.add_argument("image", help="image file or DICOM series folder")
+    p.add_argument("--prompts", required=True, help="prompts JSON file (format in README)")
+    p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm")
+    p.add_argument("--model", default=None, help="registry name (see `sam2volume models`); default medsam2-latest")
+    p.add_argument("--checkpoint", help="checkpoint file (a custom model with --config, or a local copy of --model)")
+    p.add_argument("--config", dest="config_file", help="SAM2 config (.yaml path or packaged config name) for --checkpoint")
+    p.add_argument("--image-size", type=int, help="model input size (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--axis", choices=["axial", "coronal", "sagittal"], help="slice axis (default: prompts file, else axial)")
+    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
+    p.add_argument("--stop-after", type=int, default=3, help="stop once the object is absent on N slices in a row (0: never)")
+    p.add_argument("--window", help="CT preset (abdomen, lung, bone, brain, mediastinum, liver), percentile or auto")
+    p.add_argument("--png", help="also write a PNG of the slice with the most labelled voxels")
+    p.add_argument("--offload-state", action="store_true", help="keep SAM2's memory on the CPU")
+    p.add_argument("--feature-cache-mb", type=float, default=2048.0)
+    p.add_argument("--series-uid", help="SeriesInstanceUID for DICOM folders with several series")
+    p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("models", help="list models and their download state, or download one")
+    p.add_argument("action", nargs="?", choices=["list", "download"], default="list")
+    p.add_argument("name", nargs="?", help="model to download")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .api import report_path, segment
+    from .engine.config import EngineConfig
+    from .models.registry import DEFAULT_MODEL
+
+    cfg = EngineConfig(
+        model=args.model or DEFAULT_MODEL,
+        checkpoint=args.checkpoint,
+        config_file=args.config_file,
+        image_size=args.image_size,
+        device=args.device,
+        dtype=args.dtype,
+        offload_state_to_cpu=args.offload_state,
+        feature_cache_mb=args.feature_cache_mb,
+        random_weights=args.random_weights,
+    )
+    _, report = segment(
+        args.image,
+        args.prompts,
+        args.output,
+        config=cfg,
+        axis=args.axis,
+        direction=args.direction,
+        stop_after=args.stop_after or None,
+        window=args.window,
+        png=args.png,
+        progress=not args.quiet,
+        series_uid=args.series_uid,
+    )
+    if not args.quiet:
+        for obj in report["objects"]:
+            print(f"  {obj['name']:<20} label {obj['label']:>3}: {obj['voxels']} voxels")
+        print(f"wrote {args.output} and {report_path(args.output)}" + (f" and {args.png}" if args.png else ""))
+        print(f"{report['slices_run']} slices in {report['seconds']['propagate']} s ({report['seconds']['per_slice']} s/slice)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .models import WeightsManager, get_model, list_models
+
+    wm = WeightsManager()
+    if args.action == "download":
+        if not args.name:
+            raise InputError("name the model to download, e.g. `sam2volume models download sam2.1-hiera-tiny`")
+        path = wm.ensure(get_model(args.name), progress=sys.stderr.isatty())
+        print(f"{args.name}: {path}")
+        return 0
+    print(f"cache folder: {wm.root} (set SAM2VOLUME_CACHE to change)")
+    for spec in list_models():
+        print(f"  {spec.name:<26} {spec.image_size:>5} px  {wm.status(spec):<10}  {spec.description}")
+    return 0

@@ -1,0 +1,175 @@
+"""Registry (no torch), weights download against a local HTTP server, checkpoint loading."""
+
+import hashlib
+import http.server
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sam2volume.errors import ModelError, WeightsNotAvailableError
+from sam2volume.models import MODELS, WeightsManager, get_model
+
+
+def test_registry_imports_without_torch():
+    code = "import sys, sam2volume.models, sam2volume.engine.config, sam2volume; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_registry_lists_sam2_and_medsam2():
+    for name in ["sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large",
+                 "sam2-hiera-tiny", "sam2-hiera-large", "medsam2-latest"]:
+        assert name in MODELS
+    assert get_model("medsam2-latest").image_size == 512
+    assert get_model("SAM2.1-Hiera-Tiny").image_size == 1024
+    with pytest.raises(ModelError, match="unknown model 'sam3'.*choose one of"):
+        get_model("sam3")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves one in-memory file with Range support; class attributes configure it per test."""
+
+    payload = b""
+    extra_headers: dict = {}
+    cut_after: int | None = None
+
+    def do_GET(self):  # noqa: N802
+        data = self.payload
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in self.extra_headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.cut_after is not None:
+            self.wfile.write(body[: self.cut_after])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Handler.payload = bytes(range(256)) * 4096  # 1 MiB
+    _Handler.extra_headers = {}
+    _Handler.cut_after = None
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _spec(url, sha=None):
+    return replace(get_model("sam2.1-hiera-tiny"), url=f"{url}/sam2.1_hiera_tiny.pt", sha256=sha)
+
+
+def test_download_verifies_checksum_and_records_it(tmp_path, server):
+    sha = hashlib.sha256(_Handler.payload).hexdigest()
+    wm = WeightsManager(tmp_path)
+    ticks = []
+    path = wm.download(_spec(server, sha), on_progress=lambda d, t: ticks.append((d, t)))
+    assert path.read_bytes() == _Handler.payload and ticks[-1] == (len(_Handler.payload),) * 2
+    assert wm.status(_spec(server, sha)) == "downloaded"
+    assert wm.ensure(_spec(server)) == path  # verified again against the recorded digest
+    path.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="checksum mismatch.*delete it and download again"):
+        wm.ensure(_spec(server))
+
+
+def test_download_resumes_a_broken_transfer(tmp_path, server):
+    sha = hashlib.sha256(_Handler.payload).hexdigest()
+    wm = WeightsManager(tmp_path)
+    _Handler.cut_after = 300_000
+    with pytest.raises(WeightsNotAvailableError, match="resume"):
+        wm.download(_spec(server, sha))
+    part = tmp_path / "sam2.1_hiera_tiny.pt.part"
+    assert part.exists() and 0 < part.stat().st_size < len(_Handler.payload)
+    assert wm.status(_spec(server, sha)) == "partial"
+    _Handler.cut_after = None
+    path = wm.download(_spec(server, sha))
+    assert path.read_bytes() == _Handler.payload and not part.exists()
+
+
+def test_checksum_mismatch_deletes_download(tmp_path, server):
+    wm = WeightsManager(tmp_path)
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        wm.download(_spec(server, "0" * 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_server_published_sha256_is_checked(tmp_path, server):
+    _Handler.extra_headers = {"X-Linked-Etag": '"' + "a" * 64 + '"'}
+    with pytest.raises(ModelError, match="expected a{64}"):
+        WeightsManager(tmp_path).download(_spec(server))
+    _Handler.extra_headers = {"X-Linked-Etag": '"' + hashlib.sha256(_Handler.payload).hexdigest() + '"'}
+    assert WeightsManager(tmp_path).download(_spec(server)).exists()
+
+
+def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAM2VOLUME_CACHE", str(tmp_path / "cache"))
+    wm = WeightsManager(offline=True)
+    spec = get_model("medsam2-latest")
+    with pytest.raises(WeightsNotAvailableError, match=r"put it at .*cache/MedSAM2_latest.pt"):
+        wm.ensure(spec)
+    # a closed port on loopback: the network error names the fix too
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(WeightsNotAvailableError, match="network error.*SAM2VOLUME_CACHE"):
+        WeightsManager(tmp_path, timeout=5).download(replace(spec, url=f"http://127.0.0.1:{port}/x.pt"))
+
+
+@pytest.mark.sam2
+def test_checkpoint_loading_good_corrupt_and_wrong_architecture(tmp_path):
+    import torch
+
+    from sam2_helpers import engine_config
+    from sam2volume.engine.predictor import build_predictor
+
+    ref = build_predictor(engine_config(seed=3))
+    good = tmp_path / "good.pt"
+    torch.save({"model": ref.state_dict()}, good)
+    loaded = build_predictor(engine_config(random_weights=False, checkpoint=str(good), seed=9))
+    for (k, a), b in zip(ref.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="corrupt or not a PyTorch checkpoint"):
+        build_predictor(engine_config(random_weights=False, checkpoint=str(corrupt)))
+    with pytest.raises(ModelError, match="does not fit model sam2.1-hiera-small"):
+        build_predictor(engine_config(model="sam2.1-hiera-small", random_weights=False, checkpoint=str(good)))
+    with pytest.raises(ModelError, match="does not exist"):
+        build_predictor(engine_config(random_weights=False, checkpoint=str(tmp_path / "missing.pt")))
+    # weights_only=True: a pickle that would run code is refused
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": ref.state_dict(), "x": Path("/")}, evil)
+    with pytest.raises(ModelError, match="corrupt or not a PyTorch checkpoint"):
+        build_predictor(engine_config(random_weights=False, checkpoint=str(evil)))
+
+
+def test_custom_config_file(tmp_path):
+    from sam2_helpers import engine_config
+    from sam2volume.engine.config import EngineConfig
+
+    with pytest.raises(Exception, match="needs checkpoint"):
+        EngineConfig(config_file="x.yaml").spec()
+    assert engine_config(config_file="configs/sam2.1/sam2.1_hiera_t.yaml").spec().is_custom
