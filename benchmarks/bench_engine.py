@@ -10,7 +10,8 @@ CPU, which upstream needs there), it prints per image size:
 * peak RSS growth during each run, for the memory lengths (default 64 and 300 slices at 512 px).
 
 Usage: .venv/bin/python benchmarks/bench_engine.py [--sizes 512 1024] [--time-slices 16]
-       [--memory-slices 64 300] [--memory-size 512] [--json out.json]
+       [--memory-slices 64 300] [--memory-size 512] [--memory-cache-mb 256] [--json out.json]
+Memory runs each start a fresh process, so allocator reuse between runs does not hide growth.
 This is a benchmark, not a test: the machines are shared, so figures vary from run to run.
 """
 
@@ -172,12 +173,45 @@ def run_ours(ours, cfg, vol, window, box_ijk, timer=None, correction=False):
     return out
 
 
+def _child_memory(which: str, n: int, size: int, cache_mb: float) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, "-W", "ignore", __file__, "--child", which, str(n), str(size), str(cache_mb)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(which: str, n: int, size: int, cache_mb: float) -> None:
+    """One memory measurement in this (fresh) process; prints a JSON line."""
+    from dataclasses import replace
+
+    from sam2volume.windowing import choose_window
+
+    up, ours, cfg = build_models(size)
+    cfg = replace(cfg, feature_cache_mb=cache_mb)
+    vol = make_volume(n)
+    window = choose_window(vol.array, "CT", "abdomen")
+    box = [[45, 27, n // 2], [104, 85, n // 2]]
+    t = time.perf_counter()
+    with PeakRSS() as m:
+        if which == "upstream":
+            run_upstream(up, vol, window, box, n // 2)
+        else:
+            run_ours(ours, cfg, vol, window, box)
+    print(json.dumps({"growth_mb": m.growth, "seconds": time.perf_counter() - t}))
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], int(argv[2]), int(argv[3]), float(argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024])
     ap.add_argument("--time-slices", type=int, default=16)
     ap.add_argument("--memory-slices", type=int, nargs="*", default=[64, 300])
     ap.add_argument("--memory-size", type=int, default=512)
+    ap.add_argument("--memory-cache-mb", type=float, default=256.0, help="our feature-cache budget in the memory runs")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -219,25 +253,19 @@ def main(argv=None):
         del up, ours
     if args.memory_slices:
         size = args.memory_size
-        up, ours, cfg = build_models(size)
-        print(f"\n== memory at {size} px (peak RSS growth during the run)")
+        print(f"\n== memory at {size} px: peak RSS growth during the run, each in a fresh process "
+              f"(our feature cache budget {args.memory_cache_mb:g} MB)")
         for n in args.memory_slices:
-            vol = make_volume(n)
-            window = choose_window(vol.array, "CT", "abdomen")
-            box = [[45, 27, n // 2], [104, 85, n // 2]]
-            with PeakRSS() as m_up:
-                t_up, _ = run_upstream(up, vol, window, box, n // 2)
-            with PeakRSS() as m_ours:
-                r = run_ours(ours, cfg, vol, window, box)
-            results["memory"][n] = {"upstream_mb": m_up.growth, "ours_mb": m_ours.growth, "upstream_s": t_up, "ours_s": r["fresh_s"]}
-            print(f"  {n:>4} slices: upstream +{m_up.growth:7.1f} MB ({t_up:6.1f} s)   ours +{m_ours.growth:7.1f} MB ({r['fresh_s']:6.1f} s)")
+            row = {which: _child_memory(which, n, size, args.memory_cache_mb) for which in ("upstream", "ours")}
+            results["memory"][n] = row
+            print(f"  {n:>4} slices: upstream +{row['upstream']['growth_mb']:7.1f} MB ({row['upstream']['seconds']:6.1f} s)"
+                  f"   ours +{row['ours']['growth_mb']:7.1f} MB ({row['ours']['seconds']:6.1f} s)")
         ns = sorted(results["memory"])
         if len(ns) >= 2:
             a, b = results["memory"][ns[0]], results["memory"][ns[-1]]
-            per_up = (b["upstream_mb"] - a["upstream_mb"]) / (ns[-1] - ns[0])
-            per_ours = (b["ours_mb"] - a["ours_mb"]) / (ns[-1] - ns[0])
-            results["memory_growth_mb_per_slice"] = {"upstream": per_up, "ours": per_ours}
-            print(f"  growth per slice from {ns[0]} to {ns[-1]}: upstream {per_up:.3f} MB, ours {per_ours:.3f} MB")
+            per = {w: (b[w]["growth_mb"] - a[w]["growth_mb"]) / (ns[-1] - ns[0]) for w in ("upstream", "ours")}
+            results["memory_growth_mb_per_slice"] = per
+            print(f"  growth per slice from {ns[0]} to {ns[-1]}: upstream {per['upstream']:.3f} MB, ours {per['ours']:.3f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
