@@ -1,4 +1,4 @@
-"""The segmentation session: the one object the CLI, the scoring scripts and Slicer talk to.
+"""The SAM2 segmentation session: the one object the CLI, the scoring scripts and Slicer talk to.
 
 Open it on a :class:`Volume` and an anatomical axis, add prompts per object on any slice (each
 call returns that slice's mask at once), propagate in both directions, correct and re-propagate,
@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import CancelledError, InputError, Sam2VolumeError
-from .slicing import SliceAxis, parse_axis
-from .volume import CANONICAL, Volume
-from .windowing import Window, choose_window
+from .session_base import DIRECTIONS, ProgressFn, PropagationReport, SessionBase, SessionObject
+from .volume import Volume
+from .windowing import Window
 
-ProgressFn = Callable[[int, int], None]
-DIRECTIONS = ("both", "forward", "backward")
-
-
-@dataclass
-class SessionObject:
-    label: int
-    name: str
-    color: list[float] | None = None
+__all__ = ["Session", "SessionObject", "PropagationReport", "DIRECTIONS"]
 
 
 @dataclass
@@ -38,16 +29,7 @@ class _SlicePrompt:
     box: tuple[float, float, float, float] | None = None
 
 
-@dataclass
-class PropagationReport:
-    """What a propagation did: slices visited and where each object was found to end."""
-
-    slices_run: int = 0
-    stopped: dict[int, dict[str, int]] = field(default_factory=dict)  # label -> {direction: slice}
-    cancelled: bool = False
-
-
-class Session:
+class Session(SessionBase):
     """Interactive SAM2 segmentation of one volume along one anatomical axis.
 
     ``predictor`` may be shared between sessions (build it once with
@@ -70,21 +52,8 @@ class Session:
     ):
         from .engine.config import EngineConfig
 
-        if not isinstance(volume, Volume):
-            raise InputError(f"Session needs a sam2volume.Volume, got {type(volume).__name__}; read it with read_volume()")
+        super().__init__(volume, axis, window=window, window_width=window_width, window_level=window_level, progress=progress)
         self.config = config if config is not None else EngineConfig()
-        self.volume = volume
-        self._reo = volume.reorientation_to(CANONICAL)
-        self._canon = volume.reoriented(self._reo)
-        self.axis = SliceAxis(parse_axis(axis), self._canon.shape)
-        if isinstance(window, Window):
-            self.window = window
-        else:
-            self.window = choose_window(
-                volume.array, volume.meta.get("modality", "unknown"), preset=window, width=window_width, level=window_level
-            )
-        self.progress = progress
-
         import torch
 
         from .engine.frames import SliceFrames
@@ -102,11 +71,7 @@ class Session:
         self.frames = SliceFrames(self._canon.array, self.axis, self.window, image_size)
         self.feature_cache = FeatureCache(self.config.feature_cache_mb * 2**20)
         self._state = self._new_state()
-        self.objects: dict[int, SessionObject] = {}
         self._prompts: dict[tuple[int, int], _SlicePrompt] = {}
-        self._logits: dict[int, dict[int, Any]] = defaultdict(dict)  # label -> slice -> low-res logits (CPU)
-        self._scores: dict[int, dict[int, float]] = defaultdict(dict)
-        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ state
     def _new_state(self) -> dict[str, Any]:
@@ -152,10 +117,6 @@ class Session:
         return max(int(self.predictor.num_maskmem), int(self.predictor.max_obj_ptrs_in_encoder)) + 1
 
     @property
-    def num_slices(self) -> int:
-        return self.axis.num_slices
-
-    @property
     def encoder_calls(self) -> int:
         return int(self.predictor.encoder_calls)
 
@@ -179,28 +140,6 @@ class Session:
             self._torch.cuda.empty_cache()
 
     # --------------------------------------------------------------- objects
-    def add_object(self, label: int, name: str | None = None, color: Sequence[float] | None = None) -> SessionObject:
-        """Declare an object (label value in the output labelmap); prompts add it implicitly."""
-        if not isinstance(label, (int, np.integer)) or isinstance(label, bool) or not 0 < int(label) < 65536:
-            raise InputError(f"object label {label!r} must be an integer from 1 to 65535 (0 is background)")
-        label = int(label)
-        obj = self.objects.get(label)
-        if obj is None:
-            obj = SessionObject(label, name or f"object_{label}", list(color) if color else None)
-            self.objects[label] = obj
-        else:
-            if name:
-                obj.name = name
-            if color:
-                obj.color = list(color)
-        return obj
-
-    def _require_object(self, label: int) -> SessionObject:
-        if label not in self.objects:
-            known = ", ".join(str(k) for k in self.objects) or "none yet"
-            raise InputError(f"unknown object {label}; objects in this session: {known}")
-        return self.objects[label]
-
     def remove_object(self, label: int) -> None:
         self._require_object(label)
         with self._model_call("removing an object"):
@@ -221,73 +160,6 @@ class Session:
             self._prompts.clear()
             self._logits.clear()
             self._scores.clear()
-
-    # ------------------------------------------------------------ coordinates
-    def _to_canonical_index(self, points: Any, coords: str) -> np.ndarray:
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.ndim == 1:
-            pts = pts[None]
-        if pts.ndim != 2 or pts.shape[1] != 3 or not np.all(np.isfinite(pts)):
-            raise InputError(f"points must be finite 3D coordinates of shape (N, 3), got {np.asarray(points).tolist()}")
-        if coords == "voxel":
-            ijk = pts
-        elif coords == "lps":
-            ijk = self.volume.lps_to_index(pts)
-        elif coords == "ras":
-            ijk = self.volume.ras_to_index(pts)
-        else:
-            raise InputError(f"coords {coords!r} must be 'voxel', 'lps' or 'ras'")
-        shape = np.array(self.volume.shape)
-        outside = np.any((ijk < -0.5) | (ijk > shape - 0.5), axis=1)
-        if outside.any():
-            bad = pts[int(np.argmax(outside))].tolist()
-            raise InputError(
-                f"point {bad} ({coords}) lies outside the volume (voxel index range 0..{(shape - 1).tolist()}); "
-                "check the coordinate system (voxel, lps or ras)"
-            )
-        return self._reo.apply_index(ijk, self.volume.shape)
-
-    def _to_frame(self, points: Any, coords: str, slice_index: int | None) -> tuple[int, np.ndarray]:
-        frame = self.axis.to_frame(self._to_canonical_index(points, coords))
-        slices = np.unique(np.round(frame[:, 0]).astype(int))
-        if slice_index is None:
-            if len(slices) != 1:
-                raise InputError(
-                    f"prompt points lie on different {self.axis.axis} slices {slices.tolist()}; put one prompt's points on one slice"
-                )
-            slice_index = int(slices[0])
-        elif slices.tolist() != [slice_index]:
-            raise InputError(f"points lie on {self.axis.axis} slice(s) {slices.tolist()}, not on slice {slice_index}")
-        return self._check_slice(slice_index), frame[:, [2, 1]]  # (x=col, y=row)
-
-    def _check_slice(self, s: Any) -> int:
-        if not isinstance(s, (int, np.integer)) or not 0 <= int(s) < self.num_slices:
-            raise InputError(f"slice {s!r} does not exist: the {self.axis.axis} axis has slices 0..{self.num_slices - 1}")
-        return int(s)
-
-    def slice_of(self, ijk: Sequence[float], coords: str = "voxel") -> int:
-        """The slice number (along this session's axis) holding a point of the input volume."""
-        return int(round(float(self.axis.to_frame(self._to_canonical_index(ijk, coords))[0, 0])))
-
-    def input_region(self, s: int, frame: np.ndarray | None = None) -> tuple[tuple[Any, ...], np.ndarray | None]:
-        """Where slice ``s`` lies in the input volume's array, and ``frame`` laid out to fit it.
-
-        Returns ``(index, values)`` so that ``volume.array[index] = values`` writes a 2D frame
-        (e.g. a preview mask) into the input's own layout: the way to update only changed slices.
-        """
-        s = self._check_slice(s)
-        w = self.axis.normal
-        a = self._reo.perm[w]
-        index: list[Any] = [slice(None)] * 3
-        index[a] = (self.volume.shape[a] - 1 - s) if self._reo.flip[w] else s
-        if frame is None:
-            return tuple(index), None
-        shape = list(self._canon.shape)
-        shape[w] = 1
-        canon = np.zeros(shape, dtype=np.asarray(frame).dtype)
-        self.axis.set_frame(canon, 0, frame)
-        values = self._reo.invert_array(canon)
-        return tuple(index), np.squeeze(values, axis=a)
 
     # ----------------------------------------------------------------- prompts
     def add_points(
@@ -339,28 +211,6 @@ class Session:
         mask = self._send_prompt(label, s, prompt.points, prompt.point_labels, new_box)
         prompt.box = new_box
         return mask
-
-    def box_on_slice(self, box: Any, *, slice_index: int | None = None, coords: str = "voxel") -> tuple[int, float, float, float, float]:
-        """Check a box (see :meth:`add_box`) and return ``(slice, x0, y0, x1, y1)`` in frame pixels."""
-        arr = np.asarray(box, dtype=np.float64)
-        if arr.shape == (4,) and slice_index is not None:
-            s = self._check_slice(slice_index)
-            x0, y0, x1, y1 = arr.tolist()
-            if x1 < x0 or y1 < y0:
-                raise InputError(f"box {arr.tolist()} is inverted; give [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
-            h, w = self.axis.frame_shape
-            if x0 < -0.5 or y0 < -0.5 or x1 > w - 0.5 or y1 > h - 0.5:
-                raise InputError(f"box {arr.tolist()} lies outside the {w}x{h} slice")
-        elif arr.shape == (2, 3):
-            s, xy = self._to_frame(arr, coords, slice_index)
-            (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
-        else:
-            raise InputError(
-                f"box must be two 3D corners [[i,j,k],[i,j,k]] or [x0, y0, x1, y1] with slice_index, got {np.asarray(box).tolist()}"
-            )
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            raise InputError(f"box [{x0}, {y0}, {x1}, {y1}] on slice {s} is empty (under one pixel wide or high)")
-        return s, float(x0), float(y0), float(x1), float(y1)
 
     def add_mask(self, label: int, mask: Any, slice_index: int, *, name: str | None = None) -> np.ndarray:
         """Give object ``label``'s mask on one slice (2D in frame layout, or 3D like the input volume)."""
@@ -451,19 +301,7 @@ class Session:
         * ``progress(done, total)`` is called after each slice; ``cancel()`` (or a set Event) stops
           cleanly between slices, keeping what was done, and raises :class:`CancelledError`.
         """
-        if direction not in DIRECTIONS:
-            raise InputError(f"direction {direction!r} must be one of {', '.join(DIRECTIONS)}")
-        labels = list(self.objects) if objects is None else [int(v) for v in objects]
-        for label in labels:
-            self._require_object(label)
-        if not labels:
-            raise InputError("no objects to propagate; add a point, box or mask prompt first")
-        lo, hi = (0, self.num_slices - 1) if slice_range is None else (self._check_slice(slice_range[0]), self._check_slice(slice_range[1]))
-        if lo > hi:
-            raise InputError(f"slice_range {slice_range} is inverted; give (first, last) with first <= last")
-        if stop_after is not None and stop_after < 1:
-            raise InputError(f"stop_after must be None or >= 1, got {stop_after}")
-        should_stop = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        labels, lo, hi, should_stop = self._plan(direction, objects, slice_range, stop_after, cancel)
 
         with self._model_call("preparing propagation"):
             try:
@@ -562,63 +400,10 @@ class Session:
         if old in non_cond and all(abs(old - c) > w for c in out_dict["cond_frame_outputs"]):
             del non_cond[old]
 
-    def _clear_until_next_prompt(self, label: int, frame_idx: int, reverse: bool, lo: int, hi: int, cond: list[int]) -> None:
-        """After an object ends, earlier results beyond that point (up to its next prompt) go."""
-        step = -1 if reverse else 1
-        f = frame_idx + step
-        while lo <= f <= hi and f not in cond:
-            self._logits[label].pop(f, None)
-            self._scores[label].pop(f, None)
-            f += step
-
     # ----------------------------------------------------------------- results
-    def _video_res(self, logits: Any) -> Any:
-        torch = self._torch
+    def _logits_to_frame(self, stored: Any) -> np.ndarray:
+        """Low-res SAM2 logits -> frame resolution, as upstream's ``_get_orig_video_res_output``."""
         h, w = self.axis.frame_shape
-        if logits.shape[-2:] == (h, w):
-            return logits
-        return torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-
-    def frame_logits(self, label: int, s: int) -> np.ndarray | None:
-        """Object ``label``'s mask logits on slice ``s`` (frame layout), or None if not computed."""
-        t = self._logits.get(label, {}).get(s)
-        return None if t is None else self._video_res(t)[0, 0].numpy()
-
-    def frame_mask(self, label: int, s: int) -> np.ndarray:
-        lg = self.frame_logits(label, s)
-        return np.zeros(self.axis.frame_shape, bool) if lg is None else lg > 0
-
-    def slice_scores(self) -> dict[int, np.ndarray]:
-        """Per object, SAM2's object score on each slice (NaN where not computed)."""
-        out = {}
-        for label in self.objects:
-            arr = np.full(self.num_slices, np.nan)
-            for s, v in self._scores.get(label, {}).items():
-                arr[s] = v
-            out[label] = arr
-        return out
-
-    def result(self) -> Volume:
-        """The labelmap with the input's geometry; overlaps go to the object with the larger logit."""
-        canon = np.zeros(self._canon.shape, dtype=np.uint16 if max(self.objects, default=0) > 255 else np.uint8)
-        slices = sorted({s for d in self._logits.values() for s in d})
-        labels = sorted(self.objects)
-        for s in slices:
-            best = None
-            lab2d = None
-            for label in labels:
-                lg = self.frame_logits(label, s)
-                if lg is None:
-                    continue
-                if best is None:
-                    best = np.full(lg.shape, 0.0, dtype=np.float32)
-                    lab2d = np.zeros(lg.shape, dtype=canon.dtype)
-                win = lg > best
-                best[win] = lg[win]
-                lab2d[win] = label
-            if lab2d is not None:
-                self.axis.set_frame(canon, s, lab2d)
-        array = self.volume.undo_reorientation(self._reo, canon)
-        segments = [{"label": o.label, "name": o.name, "color": o.color} for o in self.objects.values()]
-        scores = {label: v.tolist() for label, v in self.slice_scores().items()}
-        return self.volume.with_array(array, segments=segments, slice_scores=scores, axis=self.axis.axis)
+        if stored.shape[-2:] != (h, w):
+            stored = self._torch.nn.functional.interpolate(stored, size=(h, w), mode="bilinear", align_corners=False)
+        return stored[0, 0].numpy()
