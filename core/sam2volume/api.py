@@ -52,10 +52,12 @@ def segment(
     progress: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     series_uid: str | None = None,
+    engine: str = "sam2",
 ) -> tuple[Volume, dict[str, Any]]:
     """Segment ``image`` from ``prompts``; returns (labelmap, run report) and writes ``output``.
 
     Everything is checked (files, prompts, output format) before the model is built.
+    ``engine`` is ``sam2`` or ``baseline`` (the weights-free classical engine).
     """
     from .engine.config import EngineConfig
     from .session import Session
@@ -73,10 +75,18 @@ def segment(
     if output is not None and Path(output).name.lower().endswith(".dcm") and not vol.meta.get("dicom_files"):
         raise InputError(f"{output}: DICOM-SEG output needs a DICOM series as input; write .seg.nrrd or .nii.gz instead")
     cfg = config if config is not None else EngineConfig()
-    session = Session(vol, axis or pset.axis or "axial", cfg, predictor=predictor, window=window, progress=progress)
+    if engine == "baseline":
+        from .baseline import BaselineSession
+
+        session: Any = BaselineSession(vol, axis or pset.axis or "axial", window=window, progress=progress)
+    elif engine == "sam2":
+        session = Session(vol, axis or pset.axis or "axial", cfg, predictor=predictor, window=window, progress=progress)
+    else:
+        raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
     check_and_apply(session, pset, apply=False)
     t_read = time.perf_counter()
-    _ = session.predictor  # build (and download) the model
+    if engine == "sam2":
+        _ = session.predictor  # build (and download) the model
     t_model = time.perf_counter()
     check_and_apply(session, pset, apply=True)
     t_prompt = time.perf_counter()
@@ -93,9 +103,10 @@ def segment(
         "direction": direction,
         "stop_after": stop_after,
         "window": {"low": session.window.low, "high": session.window.high},
-        "config": cfg.to_dict(),
-        "random_weights": bool(cfg.random_weights),
-        "device": str(session.device),
+        "engine": engine,
+        "config": cfg.to_dict() if engine == "sam2" else None,
+        "random_weights": bool(cfg.random_weights) if engine == "sam2" else False,
+        "device": str(getattr(session, "device", "cpu")),
         "objects": [
             {"label": o.label, "name": o.name, "voxels": counts.get(o.label, 0), "stopped_at": prop.stopped.get(o.label, {})}
             for o in session.objects.values()
@@ -116,7 +127,8 @@ def segment(
         if png is not None:
             from .overlay import save_overlay_png
 
-            title = f"{Path(str(vol.name)).name}: {cfg.model}" + (" - RANDOM WEIGHTS, pipeline check only" if cfg.random_weights else "")
+            model = cfg.model if engine == "sam2" else "classical baseline (no SAM2)"
+            title = f"{Path(str(vol.name)).name}: {model}" + (" - RANDOM WEIGHTS, pipeline check only" if engine == "sam2" and cfg.random_weights else "")
             save_overlay_png(vol, result, png, window=session.window, axis=session.axis.axis, title=title)
             report["png"] = str(png)
         with atomic_output(report_path(output)) as tmp:

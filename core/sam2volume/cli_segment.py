@@ -11,6 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image file or DICOM series folder")
     p.add_argument("--prompts", required=True, help="prompts JSON file (format in README)")
     p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm")
+    p.add_argument("--engine", default="sam2", choices=["sam2", "baseline"],
+                   help="sam2, or baseline: the weights-free classical engine (no checkpoint needed)")
     p.add_argument("--model", default=None, help="registry name (see `sam2volume models`); default medsam2-latest")
     p.add_argument("--checkpoint", help="checkpoint file (a custom model with --config, or a local copy of --model)")
     p.add_argument("--config", dest="config_file", help="SAM2 config (.yaml path or packaged config name) for --checkpoint")
@@ -63,6 +65,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         png=args.png,
         progress=not args.quiet,
         series_uid=args.series_uid,
+        engine=args.engine,
     )
     if not args.quiet:
         for obj in report["objects"]:
