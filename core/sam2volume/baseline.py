@@ -145,10 +145,7 @@ class BaselineSession(SessionBase):
         slice_index: int | None = None,
         name: str | None = None,
     ) -> np.ndarray:
-        s, xy = self._to_frame(points, coords, slice_index)
-        pl = [1] * len(xy) if point_labels is None else [int(v) for v in point_labels]
-        if len(pl) != len(xy) or any(v not in (0, 1) for v in pl):
-            raise InputError(f"point_labels must be one 0 (negative) or 1 (positive) per point, got {list(point_labels or [])}")
+        s, xy, pl = self.points_on_slice(points, point_labels, coords, slice_index)
         self.add_object(label, name)
         img = self._frame(s)
         r = 4
@@ -173,14 +170,8 @@ class BaselineSession(SessionBase):
         return self._set(label, s, region)
 
     def add_mask(self, label: int, mask: Any, slice_index: int, *, name: str | None = None) -> np.ndarray:
-        s = self._check_slice(slice_index)
-        m = np.asarray(mask)
-        if m.shape == self.volume.shape:
-            m = self.axis.frame(self._reo.apply_array(m), s)
-        if m.shape != self.axis.frame_shape:
-            raise InputError(f"mask of shape {m.shape} fits neither the slice {self.axis.frame_shape} nor the volume {self.volume.shape}")
+        s, m = self.mask_on_slice(mask, slice_index)
         self.add_object(label, name)
-        m = m > 0
         if m.any():
             self._bands[label] = self._band_from(self._frame(s)[m])
         self._cond.setdefault(label, set()).add(s)

@@ -177,10 +177,7 @@ class Session(SessionBase):
         ``points`` are (N, 3) coordinates of the input volume: voxel indices (i, j, k), or LPS/RAS mm.
         Points on the same slice add to the ones given before.
         """
-        s, xy = self._to_frame(points, coords, slice_index)
-        pl = [1] * len(xy) if point_labels is None else [int(v) for v in point_labels]
-        if len(pl) != len(xy) or any(v not in (0, 1) for v in pl):
-            raise InputError(f"point_labels must be one 0 (negative) or 1 (positive) per point, got {list(point_labels or [])}")
+        s, xy, pl = self.points_on_slice(points, point_labels, coords, slice_index)
         self.add_object(label, name)
         prompt = self._prompts.setdefault((label, s), _SlicePrompt())
         new_points = prompt.points + [tuple(map(float, p)) for p in xy]
@@ -214,19 +211,12 @@ class Session(SessionBase):
 
     def add_mask(self, label: int, mask: Any, slice_index: int, *, name: str | None = None) -> np.ndarray:
         """Give object ``label``'s mask on one slice (2D in frame layout, or 3D like the input volume)."""
-        s = self._check_slice(slice_index)
-        m = np.asarray(mask)
-        if m.shape == self.volume.shape:
-            m = self.axis.frame(self._reo.apply_array(m), s)
-        if m.shape != self.axis.frame_shape:
-            raise InputError(
-                f"mask of shape {m.shape} fits neither the {self.axis.axis} slice {self.axis.frame_shape} nor the volume {self.volume.shape}"
-            )
+        s, m = self.mask_on_slice(mask, slice_index)
         self.add_object(label, name)
         self._prompts.pop((label, s), None)
         with self._model_call("adding a mask"):
             _, obj_ids, masks = self.predictor.add_new_mask(
-                self._state, frame_idx=s, obj_id=label, mask=self._torch.as_tensor(np.ascontiguousarray(m) > 0)
+                self._state, frame_idx=s, obj_id=label, mask=self._torch.as_tensor(m)
             )
             self._record_interaction(label, s)
         return (masks[obj_ids.index(label), 0] > 0).cpu().numpy()

@@ -164,6 +164,28 @@ class SessionBase:
         values = self._reo.invert_array(canon)
         return tuple(index), np.squeeze(values, axis=a)
 
+    def points_on_slice(
+        self, points: Any, point_labels: Sequence[int] | None, coords: str, slice_index: int | None
+    ) -> tuple[int, np.ndarray, list[int]]:
+        """Check point prompts; returns (slice, (N, 2) frame x/y, labels 0/1)."""
+        s, xy = self._to_frame(points, coords, slice_index)
+        pl = [1] * len(xy) if point_labels is None else [int(v) for v in point_labels]
+        if len(pl) != len(xy) or any(v not in (0, 1) for v in pl):
+            raise InputError(f"point_labels must be one 0 (negative) or 1 (positive) per point, got {list(point_labels or [])}")
+        return s, xy, pl
+
+    def mask_on_slice(self, mask: Any, slice_index: int) -> tuple[int, np.ndarray]:
+        """Check a mask prompt (2D frame layout, or 3D like the input); returns (slice, 2D bool frame)."""
+        s = self._check_slice(slice_index)
+        m = np.asarray(mask)
+        if m.shape == self.volume.shape:
+            m = self.axis.frame(self._reo.apply_array(m), s)
+        if m.shape != self.axis.frame_shape:
+            raise InputError(
+                f"mask of shape {m.shape} fits neither the {self.axis.axis} slice {self.axis.frame_shape} nor the volume {self.volume.shape}"
+            )
+        return s, np.ascontiguousarray(m) > 0
+
     def box_on_slice(self, box: Any, *, slice_index: int | None = None, coords: str = "voxel") -> tuple[int, float, float, float, float]:
         """Check a box (see :meth:`add_box`) and return ``(slice, x0, y0, x1, y1)`` in frame pixels."""
         arr = np.asarray(box, dtype=np.float64)
