@@ -15,7 +15,7 @@ from .errors import InputError
 from .io import read_volume, write_labelmap
 from .io.atomic import atomic_output, split_suffix
 from .io.writers import output_kind
-from .prompts import PromptSet, check_and_apply, load_prompts, parse_prompts
+from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
 
 
@@ -83,12 +83,12 @@ def segment(
         session = Session(vol, axis or pset.axis or "axial", cfg, predictor=predictor, window=window, progress=progress)
     else:
         raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
-    check_and_apply(session, pset, apply=False)
+    plan = plan_prompts(session, pset)
     t_read = time.perf_counter()
     if engine == "sam2":
         _ = session.predictor  # build (and download) the model
     t_model = time.perf_counter()
-    check_and_apply(session, pset, apply=True)
+    apply_prompts(session, pset, plan)
     t_prompt = time.perf_counter()
     prop = session.propagate(direction, stop_after=stop_after, progress=on_progress)
     t_prop = time.perf_counter()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 from .errors import Sam2VolumeError
-
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _add_read_options(p: argparse.ArgumentParser) -> None:
@@ -77,17 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p)
     p.set_defaults(func=cmd_convert)
 
-    for register in _EXTRA_PARSERS:
-        register(sub)
+    from . import cli_segment  # segment and models (imports nothing heavy)
+
+    cli_segment.register(sub)
     return parser
 
 
-#: other modules add subcommands here (segment, models, evaluate, ...)
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extra_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -100,21 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sam2volume {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _load_extra_commands() -> None:
-    if _EXTRA_PARSERS:
-        return
-    import importlib
-
-    for name in ("cli_segment",):
-        try:
-            mod = importlib.import_module(f"sam2volume.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sam2volume.{name}":
-                raise
-            continue
-        _EXTRA_PARSERS.append(mod.register)
 
 
 if __name__ == "__main__":

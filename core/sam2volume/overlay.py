@@ -14,11 +14,9 @@ from .volume import CANONICAL, Volume
 from .windowing import Window
 
 
-def best_slice(labelmap: Volume, axis: str = "axial") -> int:
-    """The slice (session numbering) with the most labelled voxels."""
-    canon = labelmap.reoriented(labelmap.reorientation_to(CANONICAL))
-    ax = SliceAxis(axis, canon.shape)
-    counts = [(ax.frame(canon.array, s) > 0).sum() for s in range(ax.num_slices)]
+def best_slice(canon_labels: np.ndarray, axis: SliceAxis) -> int:
+    """The slice (session numbering) of an LPS-ordered labelmap array with the most labelled voxels."""
+    counts = [np.count_nonzero(axis.frame(canon_labels, s)) for s in range(axis.num_slices)]
     return int(np.argmax(counts))
 
 
@@ -44,7 +42,7 @@ def save_overlay_png(
     canon_img = image.reoriented(image.reorientation_to(CANONICAL))
     canon_lab = labelmap.reoriented(labelmap.reorientation_to(CANONICAL))
     ax = SliceAxis(axis, canon_img.shape)
-    s = best_slice(labelmap, axis) if slice_index is None else int(slice_index)
+    s = best_slice(canon_lab.array, ax) if slice_index is None else int(slice_index)
     img = window.apply(ax.frame(canon_img.array, s))
     lab = ax.frame(canon_lab.array, s)
     segs = normalize_segments(np.unique(canon_lab.array).tolist(), segments or labelmap.meta.get("segments"))

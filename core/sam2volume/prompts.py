@@ -112,8 +112,11 @@ def load_prompts(path: str | Path) -> PromptSet:
     return parse_prompts(data, str(p), p.parent)
 
 
-def check_and_apply(session: Any, prompts: PromptSet, apply: bool = True) -> None:
-    """Validate every prompt against the session's volume (cheap), then, with ``apply``, send them."""
+def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
+    """Check every prompt against the session's volume (cheap: no model work) and read mask files.
+
+    Returns the plan that :func:`apply_prompts` sends to the session.
+    """
     from .io import read_labelmap
 
     planned: list[tuple[str, Any]] = []
@@ -135,8 +138,11 @@ def check_and_apply(session: Any, prompts: PromptSet, apply: bool = True) -> Non
             mask = lab.array == value if value is not None else lab.array > 0
             session._check_slice(mk["slice"])
             planned.append(("mask", (obj, mask, mk["slice"])))
-    if not apply:
-        return
+    return planned
+
+
+def apply_prompts(session: Any, prompts: PromptSet, planned: list[tuple[str, Any]]) -> None:
+    """Send a plan from :func:`plan_prompts` to the session, then set names and colours."""
     for kind, item in planned:
         if kind == "box":
             obj, box = item

@@ -204,7 +204,7 @@ class Session(SessionBase):
         s, x0, y0, x1, y1 = self.box_on_slice(box, slice_index=slice_index, coords=coords)
         self.add_object(label, name)
         prompt = self._prompts.setdefault((label, s), _SlicePrompt())
-        new_box = (float(x0), float(y0), float(x1), float(y1))
+        new_box = (x0, y0, x1, y1)
         mask = self._send_prompt(label, s, prompt.points, prompt.point_labels, new_box)
         prompt.box = new_box
         return mask
