@@ -109,6 +109,20 @@ class BaselineSession(SessionBase):
             return np.zeros_like(cand)
         return ndi.binary_fill_holes(np.isin(lab, keep))
 
+    @staticmethod
+    def _disks(shape: tuple[int, ...], xy: Sequence[tuple[float, float]], r: int = 4) -> np.ndarray:
+        out = np.zeros(shape, bool)
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        for x, y in xy:
+            out |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+        return out
+
+    @staticmethod
+    def _deepest(mask: np.ndarray) -> tuple[float, float]:
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        return float(c), float(r)
+
     def _set(self, label: int, s: int, mask: np.ndarray) -> np.ndarray:
         self._logits[label][s] = np.where(mask, 1.0, -1.0).astype(np.float32)
         self._scores[label][s] = float(mask.sum())
@@ -148,24 +162,29 @@ class BaselineSession(SessionBase):
         s, xy, pl = self.points_on_slice(points, point_labels, coords, slice_index)
         self.add_object(label, name)
         img = self._frame(s)
-        r = 4
-        pos = np.zeros(img.shape, bool)
-        neg = np.zeros(img.shape, bool)
-        for (x, y), v in zip(xy, pl):
-            yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
-            disk = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-            (pos if v else neg)[disk] = True
+        pos_xy = [(x, y) for (x, y), v in zip(xy, pl) if v]
+        neg_xy = [(x, y) for (x, y), v in zip(xy, pl) if not v]
+        pos = self._disks(img.shape, pos_xy)
         previous = self.frame_mask(label, s) if s in self._logits.get(label, {}) else np.zeros(img.shape, bool)
         if pos.any():
             if label not in self._bands:
                 self._bands[label] = self._band_from(img[pos])
-            region = self._region(img, self._bands[label], ~neg, pos) | previous
+            region = self._region(img, self._bands[label], None, pos) | previous
         else:
             region = previous
-        if neg.any():
-            lab, _ = ndi.label(region & ~neg)
-            hit = np.unique(lab[ndi.binary_dilation(neg, _disk(2)) & (lab > 0)])
-            region = (lab > 0) & ~np.isin(lab, hit) if hit.size else (lab > 0)
+        if neg_xy and region.any():
+            # a negative click claims the pixels nearer to it than to any positive click (or, with
+            # none on this slice, than to the centre of the mask already there): the region is cut
+            # along the bisector instead of losing every part the click touches
+            keep_xy = pos_xy or [self._deepest(region)]
+            yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+            d_neg = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in neg_xy], axis=0)
+            d_pos = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in keep_xy], axis=0)
+            cut = region & (d_pos < d_neg)
+            lab, _ = ndi.label(cut)
+            seeds = self._disks(img.shape, keep_xy) & cut
+            hit = np.unique(lab[seeds])
+            region = np.isin(lab, hit[hit > 0])
         self._cond.setdefault(label, set()).add(s)
         return self._set(label, s, region)
 
@@ -239,7 +258,9 @@ class BaselineSession(SessionBase):
                     prev = region if region.any() else prev
                 else:
                     self._set(label, s, np.zeros(self.axis.frame_shape, bool))
-                    absent += 1
+                    conds = self._cond[label]
+                    reached = s <= max(conds) if reverse else s >= min(conds)
+                    absent = absent + 1 if reached else 0  # not stopped before its own prompt
                 if progress is not None:
                     progress(done, total)
                 if stop_after is not None and absent >= stop_after:

@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p)
     p.set_defaults(func=cmd_convert)
 
-    from . import cli_segment  # segment and models (imports nothing heavy)
+    from . import cli_evaluate, cli_segment  # import nothing heavy
 
     cli_segment.register(sub)
+    cli_evaluate.register(sub)
     return parser
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment a volume from a prompts file with SAM2")
-    p.add_argument("image", help="image file or DICOM series folder")
-    p.add_argument("--prompts", required=True, help="prompts JSON file (format in README)")
-    p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm")
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Engine and model options shared by segment, evaluate and batch."""
     p.add_argument("--engine", default="sam2", choices=["sam2", "baseline"],
                    help="sam2, or baseline: the weights-free classical engine (no checkpoint needed)")
     p.add_argument("--model", default=None, help="registry name (see `sam2volume models`); default medsam2-latest")
@@ -19,15 +17,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="model input size (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--offload-state", action="store_true", help="keep SAM2's memory on the CPU")
+    p.add_argument("--feature-cache-mb", type=float, default=2048.0)
+    p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
+
+
+def engine_config(args: argparse.Namespace) -> Any:
+    from .engine.config import EngineConfig
+    from .models.registry import DEFAULT_MODEL
+
+    return EngineConfig(
+        model=args.model or DEFAULT_MODEL,
+        checkpoint=args.checkpoint,
+        config_file=args.config_file,
+        image_size=args.image_size,
+        device=args.device,
+        dtype=args.dtype,
+        offload_state_to_cpu=args.offload_state,
+        feature_cache_mb=args.feature_cache_mb,
+        random_weights=args.random_weights,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a volume from a prompts file with SAM2")
+    p.add_argument("image", help="image file or DICOM series folder")
+    p.add_argument("--prompts", required=True, help="prompts JSON file (format in README)")
+    p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm")
+    add_engine_options(p)
     p.add_argument("--axis", choices=["axial", "coronal", "sagittal"], help="slice axis (default: prompts file, else axial)")
     p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
     p.add_argument("--stop-after", type=int, default=3, help="stop once the object is absent on N slices in a row (0: never)")
     p.add_argument("--window", help="CT preset (abdomen, lung, bone, brain, mediastinum, liver), percentile or auto")
     p.add_argument("--png", help="also write a PNG of the slice with the most labelled voxels")
-    p.add_argument("--offload-state", action="store_true", help="keep SAM2's memory on the CPU")
-    p.add_argument("--feature-cache-mb", type=float, default=2048.0)
     p.add_argument("--series-uid", help="SeriesInstanceUID for DICOM folders with several series")
-    p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_segment)
 
@@ -39,20 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .api import report_path, segment
-    from .engine.config import EngineConfig
-    from .models.registry import DEFAULT_MODEL
 
-    cfg = EngineConfig(
-        model=args.model or DEFAULT_MODEL,
-        checkpoint=args.checkpoint,
-        config_file=args.config_file,
-        image_size=args.image_size,
-        device=args.device,
-        dtype=args.dtype,
-        offload_state_to_cpu=args.offload_state,
-        feature_cache_mb=args.feature_cache_mb,
-        random_weights=args.random_weights,
-    )
+    cfg = engine_config(args)
     _, report = segment(
         args.image,
         args.prompts,

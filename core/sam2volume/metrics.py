@@ -18,6 +18,7 @@ Accumulators skip NaN distances when averaging and count how many cases had them
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -64,14 +65,6 @@ def score(
     use_subvoxels: bool = False,
 ) -> Scores:
     """All metrics for one object: ``pred`` and ``ref`` are boolean arrays of the same shape."""
-    from monai.metrics import (
-        compute_average_surface_distance,
-        compute_dice,
-        compute_hausdorff_distance,
-        compute_iou,
-        compute_surface_dice,
-    )
-
     pred = np.asarray(pred).astype(bool)
     ref = np.asarray(ref).astype(bool)
     if pred.shape != ref.shape:
@@ -86,6 +79,21 @@ def score(
         same = float(pe and re_)
         return Scores(same, same, same, math.nan, math.nan, pe, re_, tolerance_mm)
     p, r = _tensor(pred), _tensor(ref)
+    with warnings.catch_warnings():
+        # MONAI 1.5 warns about its own internal get_mask_edges argument on every call
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        return _monai_scores(p, r, spacing, tolerance_mm, use_subvoxels)
+
+
+def _monai_scores(p: Any, r: Any, spacing: list[float], tolerance_mm: float, use_subvoxels: bool) -> Scores:
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+        compute_surface_dice,
+    )
+
     dice = float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
     iou = float(compute_iou(p, r, include_background=True, ignore_empty=False)[0, 0])
     nsd = float(

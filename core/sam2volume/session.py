@@ -336,7 +336,10 @@ class Session(SessionBase):
                         for label in sorted(active):
                             present = self._track_one(label, idx_of[label], frame_idx, reverse)
                             is_cond = frame_idx in cond[label]
-                            absent[label] = 0 if (present or is_cond) else absent[label] + 1
+                            # an object only ends after the pass has reached one of its own prompts
+                            # (objects prompted on other slices are not stopped before their prompt)
+                            reached = frame_idx <= cond[label][-1] if reverse else frame_idx >= cond[label][0]
+                            absent[label] = 0 if (present or is_cond or not reached) else absent[label] + 1
                             if stop_after is not None and absent[label] >= stop_after:
                                 active.discard(label)
                                 report.stopped.setdefault(label, {})[name] = frame_idx

@@ -111,7 +111,7 @@ class SessionBase:
         elif coords == "ras":
             ijk = self.volume.ras_to_index(pts)
         else:
-            raise InputError(f"coords {coords!r} must be 'voxel', 'lps' or 'ras'")
+            raise InputError(f"coords {coords!r} must be 'voxel', 'lps', 'ras' or 'frame' (x, y pixels with slice_index)")
         shape = np.array(self.volume.shape)
         outside = np.any((ijk < -0.5) | (ijk > shape - 0.5), axis=1)
         if outside.any():
@@ -123,6 +123,8 @@ class SessionBase:
         return self._reo.apply_index(ijk, self.volume.shape)
 
     def _to_frame(self, points: Any, coords: str, slice_index: int | None) -> tuple[int, np.ndarray]:
+        if coords == "frame":
+            return self._frame_points(points, slice_index)
         frame = self.axis.to_frame(self._to_canonical_index(points, coords))
         slices = np.unique(np.round(frame[:, 0]).astype(int))
         if slice_index is None:
@@ -134,6 +136,31 @@ class SessionBase:
         elif slices.tolist() != [slice_index]:
             raise InputError(f"points lie on {self.axis.axis} slice(s) {slices.tolist()}, not on slice {slice_index}")
         return self._check_slice(slice_index), frame[:, [2, 1]]  # (x=col, y=row)
+
+    def _frame_points(self, points: Any, slice_index: int | None) -> tuple[int, np.ndarray]:
+        """Points given as frame pixels (x = column, y = row) on ``slice_index``."""
+        if slice_index is None:
+            raise InputError("points in frame coordinates (x, y) need slice_index")
+        s = self._check_slice(slice_index)
+        xy = np.asarray(points, dtype=np.float64).reshape(-1, 2) if np.size(points) % 2 == 0 else None
+        h, w = self.axis.frame_shape
+        if xy is None or not np.all(np.isfinite(xy)) or np.any((xy < -0.5) | (xy > np.array([w, h]) - 0.5)):
+            raise InputError(f"frame points {np.asarray(points).tolist()} must be (x, y) pairs inside the {w}x{h} slice")
+        return s, xy
+
+    def frame_to_voxel(self, s: int, xy: Any) -> np.ndarray:
+        """Frame pixels (x = column, y = row) on slice ``s`` -> voxel indices (i, j, k) of the input."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        src = np.stack([np.full(len(xy), float(s)), xy[:, 1], xy[:, 0]], axis=-1)
+        return self._reo.invert_index(self.axis.from_frame(src), self.volume.shape)
+
+    def frames_of(self, array: np.ndarray) -> np.ndarray:
+        """A 3D array laid out like the input volume as a stack of frames ``(slice, row, col)``."""
+        arr = np.asarray(array)
+        if arr.shape != self.volume.shape:
+            raise InputError(f"array of shape {arr.shape} does not match the volume {self.volume.shape}")
+        canon = self._reo.apply_array(arr)
+        return np.stack([self.axis.frame(canon, s) for s in range(self.num_slices)])
 
     def _check_slice(self, s: Any) -> int:
         if not isinstance(s, (int, np.integer)) or not 0 <= int(s) < self.num_slices:

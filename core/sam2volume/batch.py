@@ -1,0 +1,130 @@
+"""``sam2volume batch``: segment many volumes from their prompt files, resumably.
+
+Inputs are image files, folders of image files, or DICOM series folders. Each input's prompts are
+``--prompts FILE`` (one file for all, useful with LPS/RAS coordinates), else ``STEM.prompts.json``
+or ``STEM.json`` in ``--prompts-dir``, else ``STEM.prompts.json`` beside the image. Outputs are
+``OUT_DIR/STEM.nii.gz`` (or ``suffix``) with their run reports; an input whose output and report
+exist is skipped, so a killed batch resumes where it stopped. Failures are listed in
+``OUT_DIR/batch_report.json`` and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InputError, Sam2VolumeError
+from .io.atomic import split_suffix, write_text_atomic
+from .io.readers import IMAGE_SUFFIXES
+from .io.writers import output_kind
+
+
+def _stem(path: Path) -> str:
+    return split_suffix(path)[0] if path.is_file() else path.name
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; folders holding image files become those files; other folders are DICOM series."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+        if p.is_dir():
+            images = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES) and ".prompts." not in f.name)
+            out.extend(images or [p])
+        else:
+            out.append(p)
+    stems: dict[str, Path] = {}
+    for p in out:
+        if _stem(p) in stems:
+            raise InputError(f"{stems[_stem(p)]} and {p} would write the same output name {_stem(p)!r}; rename one or run them separately")
+        stems[_stem(p)] = p
+    return out
+
+
+def find_prompts(image: Path, prompts: str | Path | None, prompts_dir: str | Path | None) -> Path | None:
+    if prompts is not None:
+        return Path(prompts)
+    stem = _stem(image)
+    if prompts_dir is not None:
+        candidates = [Path(prompts_dir) / f"{stem}.prompts.json", Path(prompts_dir) / f"{stem}.json"]
+    else:
+        candidates = [image.parent / f"{stem}.prompts.json"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def batch(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    prompts: str | Path | None = None,
+    prompts_dir: str | Path | None = None,
+    suffix: str = ".nii.gz",
+    engine: str = "sam2",
+    config: Any = None,
+    axis: str | None = None,
+    direction: str = "both",
+    stop_after: int | None = 3,
+    window: str | None = None,
+    png: bool = False,
+    progress: bool = False,
+    on_item: Callable[[int, int, str], None] | None = None,
+    predictor: Any = None,
+) -> dict[str, Any]:
+    """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``)."""
+    from .api import _versions, report_path, segment
+    from .engine.config import EngineConfig
+
+    out_dir = Path(out_dir)
+    output_kind(out_dir / f"x{suffix}")  # an unknown format fails before any work
+    if engine not in ("sam2", "baseline"):
+        raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
+    if prompts is not None and not Path(prompts).is_file():
+        raise InputError(f"{prompts}: prompts file not found")
+    items = expand_inputs(inputs)
+    if not items:
+        raise InputError("no inputs to segment")
+    cfg = config if config is not None else EngineConfig()
+    plan = []
+    for image in items:
+        out = out_dir / f"{_stem(image)}{suffix}"
+        plan.append((image, out, find_prompts(image, prompts, prompts_dir)))
+    todo = [t for t in plan if not (t[1].is_file() and report_path(t[1]).is_file())]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in out_dir.glob(".*.partial*"):  # left by a killed run
+        p.unlink()
+    if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
+        from .engine.predictor import build_predictor
+
+        predictor = build_predictor(cfg, progress=progress)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="batch", unit="volume")
+    report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
+                              "config": cfg.to_dict() if engine == "sam2" else None, "done": [], "skipped_finished": [],
+                              "errors": [], "seconds": {}}
+    report["skipped_finished"] = [str(out) for item, out, pfile in plan if (item, out, pfile) not in todo]
+    for n, (image, out, pfile) in enumerate(todo):
+        if on_item is not None:
+            on_item(n, len(todo), str(image))
+        t = time.perf_counter()
+        try:
+            if pfile is None:
+                raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
+            segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
+                    png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine)
+            report["done"].append(str(out))
+            report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
+        except Sam2VolumeError as exc:
+            report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    write_text_atomic(out_dir / "batch_report.json", json.dumps(report, indent=2, default=str))
+    return report

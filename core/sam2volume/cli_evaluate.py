@@ -1,0 +1,100 @@
+"""``sam2volume evaluate``, ``sam2volume compare`` and ``sam2volume batch``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli_segment import add_engine_options, engine_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .evaluation.protocols import PROTOCOLS
+
+    p = sub.add_parser("evaluate", help="segment a dataset from simulated prompts and score it (resumable)")
+    p.add_argument("dataset", help="dataset folder (BTCV, AMOS, KiTS, MSD, nnU-Net v2 raw, or images/ + labels/)")
+    p.add_argument("--protocol", required=True, help=f"one of {', '.join(PROTOCOLS)}; options as NAME:jitter=0.1,corrections=2")
+    p.add_argument("-o", "--output", required=True, help="run folder (a second run with the same settings resumes it)")
+    add_engine_options(p)
+    p.add_argument("--layout", default="auto", help="auto, btcv, amos, kits, nnunet, msd or plain")
+    p.add_argument("--labels", help="label-name file for a plain dataset (JSON or 'ID NAME' lines; FILE.json:KEY)")
+    p.add_argument("--organs", nargs="+", help="canonical organ names to score (default: every object of the dataset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    p.add_argument("--stop-after", type=int, default=3, help="stop once the object is absent on N slices in a row (0: never)")
+    p.add_argument("--window", help="CT preset or percentile (default: abdomen for CT, percentile otherwise)")
+    p.add_argument("--tolerances", default="auto", help="NSD tolerance: auto (the dataset's table), flare22, kits21, default or mm")
+    p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline row")
+    p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
+    p.add_argument("--save-predictions", action="store_true", help="also write each case's labelmap per engine")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare two evaluate runs, object by object, on their shared cases")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--metric", default="dice", choices=["dice", "iou", "nsd", "hd95", "assd"])
+    p.add_argument("--engine-a", help="engine rows of run A (default: the run's engine; 'baseline' for its baseline row)")
+    p.add_argument("--engine-b", help="engine rows of run B")
+    p.add_argument("-o", "--output", help="also write the table as CSV")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("batch", help="segment many volumes from prompt files (resumable)")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, or DICOM series folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--prompts", help="one prompts file for every input")
+    p.add_argument("--prompts-dir", help="folder with STEM.prompts.json (or STEM.json) per input (default: beside each image)")
+    p.add_argument("--format", default=".nii.gz", help="output suffix: .nii.gz, .nrrd, .mha or .seg.nrrd")
+    add_engine_options(p)
+    p.add_argument("--axis", choices=["axial", "coronal", "sagittal"])
+    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
+    p.add_argument("--stop-after", type=int, default=3)
+    p.add_argument("--window")
+    p.add_argument("--png", action="store_true", help="a PNG overlay per volume")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.runner import evaluate
+
+    report = evaluate(
+        args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
+        labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
+        window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
+        save_predictions=args.save_predictions, limit=args.limit, progress=not args.quiet,
+    )
+    if not args.quiet:
+        c = report["cases"]
+        print(f"{c['finished']}/{c['total']} cases ({report['resumed']['cases_already_done']} from before), "
+              f"{len(c['errors'])} errors, {len(c['skipped_by_reader'])} skipped by the reader")
+        for engine, objs in report["summary"].items():
+            for obj, e in objs.items():
+                print(f"  {engine:<10} {obj:<28} n={e['cases']:<4} Dice {e['dice']['mean']:.3f} ± {e['dice']['sd']:.3f}   NSD {e['nsd']['mean']:.3f}")
+        print(f"wrote {args.output}/scores.csv, summary.csv, report.json, plots/")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.tables import compare_runs, format_comparison, write_comparison
+
+    rows = compare_runs(args.run_a, args.run_b, metric=args.metric, engine_a=args.engine_a, engine_b=args.engine_b)
+    print(format_comparison(rows, args.metric, args.run_a, args.run_b))
+    if args.output:
+        write_comparison(rows, args.output)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import batch
+
+    report = batch(
+        args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
+        config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
+        window=args.window, png=args.png, progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")
+        for e in report["errors"]:
+            print(f"  {e['input']}: {e['error']}")
+    return 0 if not report["errors"] else 1

@@ -1,0 +1,332 @@
+"""``sam2volume evaluate``: segment a dataset from simulated prompts and score it, resumably.
+
+A run folder holds::
+
+    run.json                 the settings (a resumed run must use the same ones)
+    cases/CASE.json          one per finished case: scores, prompts sent, timings, warnings
+    overlays/CASE_key.png    the key slice and the worst slice of each case (main engine)
+    overlays/CASE_worst.png
+    predictions/CASE.ENGINE.nii.gz   with save_predictions
+    scores.csv               one row per case, engine and object
+    summary.csv              mean, sd and median per engine and object
+    report.json              versions, settings, seed, timings per case, skips and errors, summary
+    plots/dice_boxplot.png   Dice per object, one box per engine
+
+Every file is written to a temporary name and renamed; ``cases/CASE.json`` is written last, so a
+run killed at any point loses at most the case in progress, and the next run with the same
+settings skips finished cases. The classical baseline engine runs on the same prompts in every
+run (the baseline row), unless it is the engine under test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError, Sam2VolumeError
+from ..io.atomic import write_text_atomic
+from ..metrics import DEFAULT_TOLERANCE_MM, score
+from .datasets import Case, Dataset, read_dataset
+from .protocols import Protocol, correct_object, key_slices, parse_protocol, prompt_object, rng_for
+from .tables import write_tables
+from .vocabulary import NSD_TOLERANCES_MM
+
+ENGINES = ("sam2", "baseline")
+
+
+def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str, dict[str, float], float]:
+    """(name, per-object table, default) from ``auto``, a table name or a number of mm."""
+    spec = "auto" if spec is None else spec
+    if isinstance(spec, (int, float)) or str(spec).replace(".", "", 1).isdigit():
+        return f"{float(spec)} mm", {}, float(spec)
+    key = str(spec).lower()
+    if key == "auto":
+        key = dataset.tolerances or "default"
+    if key == "default":
+        return f"default ({DEFAULT_TOLERANCE_MM} mm)", {}, DEFAULT_TOLERANCE_MM
+    if key not in NSD_TOLERANCES_MM:
+        raise InputError(f"unknown NSD tolerance table {spec!r}; use auto, default, a number of mm, or one of {', '.join(NSD_TOLERANCES_MM)}")
+    return key, dict(NSD_TOLERANCES_MM[key]), DEFAULT_TOLERANCE_MM
+
+
+def _clean_partials(run_dir: Path) -> list[str]:
+    """Temporary files left by a killed run (atomic writes name them .NAME.XXXX.partial.EXT)."""
+    removed = []
+    for p in run_dir.rglob(".*.partial*"):
+        if p.is_file():
+            p.unlink()
+            removed.append(str(p.relative_to(run_dir)))
+    return removed
+
+
+def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+class _Engines:
+    """Builds one session per case and engine; the SAM2 predictor is built once and shared."""
+
+    def __init__(self, engine: str, config: Any, axis: str, window: str | None, predictor: Any = None):
+        self.engine, self.config, self.axis, self.window = engine, config, axis, window
+        self.predictor = predictor
+
+    def session(self, name: str, volume: Any) -> Any:
+        if name == "baseline":
+            from ..baseline import BaselineSession
+
+            return BaselineSession(volume, self.axis, window=self.window)
+        from ..session import Session
+
+        s = Session(volume, self.axis, self.config, predictor=self.predictor, window=self.window)
+        self.predictor = s.predictor
+        return s
+
+
+def _case_file(run_dir: Path, case_id: str) -> Path:
+    return run_dir / "cases" / f"{case_id}.json"
+
+
+def evaluate(
+    dataset: str | Path | Dataset,
+    protocol: str | Protocol,
+    run_dir: str | Path,
+    *,
+    engine: str = "sam2",
+    config: Any = None,
+    layout: str = "auto",
+    labels: str | Path | None = None,
+    organs: list[str] | None = None,
+    seed: int = 0,
+    axis: str = "axial",
+    stop_after: int | None = 3,
+    window: str | None = None,
+    tolerances: str | float | None = "auto",
+    baseline: bool = True,
+    overlays: bool = True,
+    save_predictions: bool = False,
+    limit: int | None = None,
+    progress: bool = False,
+    on_case: Callable[[int, int, str], None] | None = None,
+    predictor: Any = None,
+) -> dict[str, Any]:
+    """Run a protocol over a dataset; returns the run report (also written to ``run_dir``).
+
+    Everything (dataset layout, organs, protocol, engine, tolerances, an existing run's settings)
+    is checked before any case is read.
+    """
+    from ..api import _versions
+    from ..engine.config import EngineConfig
+    from ..slicing import parse_axis
+
+    proto = parse_protocol(protocol)
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    axis = parse_axis(axis)
+    ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, layout, labels)
+    if organs:
+        missing = [o for o in organs if o not in ds.objects]
+        if missing:
+            raise InputError(f"organ(s) {', '.join(missing)} not in dataset {ds.name!r}; it has {', '.join(ds.objects)}")
+        objects = {o: ds.objects[o] for o in organs}
+    else:
+        objects = dict(ds.objects)
+    tol_name, tol_table, tol_default = resolve_tolerances(tolerances, ds)
+    cfg = config if config is not None else EngineConfig()
+    engines = [engine] + (["baseline"] if baseline and engine != "baseline" else [])
+    cases = ds.cases[:limit] if limit else list(ds.cases)
+
+    run_dir = Path(run_dir)
+    settings = {
+        "dataset": str(ds.root),
+        "layout": ds.layout,
+        "protocol": proto.as_dict(),
+        "engine": engine,
+        "engines": engines,
+        "config": cfg.to_dict() if engine == "sam2" else None,
+        "seed": int(seed),
+        "axis": axis,
+        "stop_after": stop_after,
+        "window": window,
+        "objects": {k: list(v) for k, v in objects.items()},
+        "tolerances": tol_name,
+        "limit": limit,
+    }
+    settings_file = run_dir / "run.json"
+    if settings_file.is_file():
+        old = json.loads(settings_file.read_text(encoding="utf-8"))
+        diff = _settings_diff(old.get("settings", {}), settings)
+        if diff:
+            raise InputError(f"{run_dir} holds a run with other settings ({'; '.join(diff)}); resume with the same settings or use a new -o folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cleaned = _clean_partials(run_dir)
+    if not settings_file.is_file():
+        write_text_atomic(settings_file, json.dumps({"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+    todo = [c for c in cases if not _case_file(run_dir, c.case_id).is_file()]
+    if engine == "sam2" and predictor is None and todo:
+        from ..engine.predictor import build_predictor
+
+        predictor = build_predictor(cfg, progress=progress)  # a missing checkpoint fails here, once
+    factory = _Engines(engine, cfg, axis, window, predictor)
+    skipped_done = len(cases) - len(todo)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), initial=skipped_done, desc="evaluate", unit="case")
+    t_run = time.perf_counter()
+    for n, case in enumerate(todo):
+        if on_case is not None:
+            on_case(skipped_done + n, len(cases), case.case_id)
+        record = _run_case(case, ds, objects, proto, engines, factory, seed=seed, stop_after=stop_after,
+                           tol_table=tol_table, tol_default=tol_default, run_dir=run_dir, overlays=overlays,
+                           save_predictions=save_predictions)
+        write_text_atomic(_case_file(run_dir, case.case_id), json.dumps(record, indent=2, default=_json_default))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(case.case_id)
+    if bar is not None:
+        bar.close()
+    return write_tables(run_dir, [c.case_id for c in cases], extra={
+        "command": "evaluate",
+        "versions": _versions(),
+        "settings": settings,
+        "protocol": proto.as_dict(),
+        "dataset": ds.summary(),
+        "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned},
+        "seconds_this_invocation": round(time.perf_counter() - t_run, 3),
+    })
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _run_case(
+    case: Case,
+    ds: Dataset,
+    objects: dict[str, tuple[int, ...]],
+    proto: Protocol,
+    engines: list[str],
+    factory: _Engines,
+    *,
+    seed: int,
+    stop_after: int | None,
+    tol_table: dict[str, float],
+    tol_default: float,
+    run_dir: Path,
+    overlays: bool,
+    save_predictions: bool,
+) -> dict[str, Any]:
+    from ..io import read_labelmap, read_volume
+
+    record: dict[str, Any] = {"case": case.case_id, "image": str(case.image), "label": str(case.label), "modality": case.modality,
+                              "status": "done", "rows": [], "absent": [], "warnings": [], "prompts": {}, "corrections": {}, "seconds": {}}
+    t0 = time.perf_counter()
+    try:
+        vol = read_volume(case.image)
+        if case.modality != "unknown":
+            vol.meta["modality"] = case.modality
+        lab = read_labelmap(case.label, reference=vol)
+    except Sam2VolumeError as exc:
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        return record
+    record["seconds"]["read"] = round(time.perf_counter() - t0, 3)
+    known = {v for ids in (ds.objects.values()) for v in ids}
+    present = set(np.unique(lab.array).astype(int).tolist()) - {0}
+    unmapped = sorted(present - known)
+    if unmapped:
+        record["warnings"].append(f"label values {unmapped} are not in the dataset's label map; ignored")
+
+    refs: dict[str, np.ndarray] = {}
+    for organ, ids in objects.items():
+        ref = np.isin(lab.array, ids)
+        if ref.any():
+            refs[organ] = ref
+        else:
+            record["absent"].append(organ)  # documented skip: nothing to prompt from, not scored
+    if not refs:
+        record["warnings"].append("none of the objects is in this case's reference: nothing scored")
+        return record
+    label_of = {organ: n + 1 for n, organ in enumerate(refs)}
+
+    ref_frames: dict[str, np.ndarray] = {}
+    main_result = None
+    main_session = None
+    for eng in engines:
+        t = time.perf_counter()
+        try:
+            session = factory.session(eng, vol)
+            if not ref_frames:
+                ref_frames = {organ: session.frames_of(ref) for organ, ref in refs.items()}
+            sent = {}
+            for organ, label in label_of.items():
+                sent[organ] = prompt_object(session, label, organ, ref_frames[organ], proto, rng_for(seed, case.case_id, organ))
+            session.propagate("both", stop_after=stop_after)
+            corrections: dict[str, list[Any]] = {organ: [] for organ in label_of}
+            for _ in range(proto.corrections):
+                for organ, label in label_of.items():
+                    done = correct_object(session, label, ref_frames[organ], stop_after=stop_after)
+                    if done is not None:
+                        corrections[organ].append(done)
+            result = session.result()
+        except Sam2VolumeError as exc:
+            record["warnings"].append(f"{eng}: {type(exc).__name__}: {exc}")
+            record.setdefault("engine_errors", {})[eng] = str(exc)
+            continue
+        seconds = time.perf_counter() - t
+        record["seconds"][eng] = round(seconds, 3)
+        record["prompts"][eng] = sent
+        record["corrections"][eng] = corrections
+        for organ, label in label_of.items():
+            pred = result.array == label
+            tol = tol_table.get(organ, tol_default)
+            sc = score(pred, refs[organ], vol.spacing, tolerance_mm=tol)
+            record["rows"].append({
+                "case": case.case_id, "engine": eng, "object": organ, **sc.as_dict(),
+                "ref_voxels": int(refs[organ].sum()), "pred_voxels": int(pred.sum()),
+                "key_slices": ";".join(str(s) for s in key_slices(ref_frames[organ], proto)),
+                "corrections": len(corrections[organ]),
+            })
+        if save_predictions:
+            from ..io import write_labelmap
+
+            write_labelmap(result, run_dir / "predictions" / f"{case.case_id}.{eng}.nii.gz")
+        if main_result is None and eng == engines[0]:
+            main_result, main_session = result, session
+    if overlays and main_result is not None:
+        record["overlays"] = _overlays(run_dir, case.case_id, vol, main_result, main_session, refs, label_of, ref_frames, proto, engines[0])
+    return record
+
+
+def _overlays(run_dir: Path, case_id: str, vol: Any, result: Any, session: Any, refs: dict[str, np.ndarray],
+              label_of: dict[str, int], ref_frames: dict[str, np.ndarray], proto: Protocol, engine: str) -> dict[str, Any]:
+    from ..overlay import save_overlay_png
+
+    ref_lab = np.zeros(vol.shape, dtype=np.uint16)
+    for organ, ref in refs.items():
+        ref_lab[ref] = label_of[organ]
+    reference = vol.with_array(ref_lab)
+    largest = max(refs, key=lambda o: int(refs[o].sum()))
+    key = key_slices(ref_frames[largest], proto)[0]
+    pred_frames = session.frames_of(result.array)
+    ref_stack = session.frames_of(ref_lab)
+    wrong = (pred_frames != ref_stack).reshape(len(pred_frames), -1).sum(axis=1)
+    worst = int(np.argmax(wrong))
+    out = {}
+    for kind, s in (("key", key), ("worst", worst)):
+        path = run_dir / "overlays" / f"{case_id}_{kind}.png"
+        title = f"{case_id} {engine}: {kind} slice {s} ({session.axis.axis})" + (f", {int(wrong[s])} wrong voxels" if kind == "worst" else f", {largest}")
+        save_overlay_png(vol, result, path, window=session.window, axis=session.axis.axis, slice_index=s, title=title, reference=reference)
+        out[kind] = {"file": str(path.relative_to(run_dir)), "slice": s}
+    return out

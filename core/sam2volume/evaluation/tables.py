@@ -1,0 +1,195 @@
+"""A run folder's tables, plots and report, and the comparison of two runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.atomic import atomic_output, write_text_atomic
+from ..metrics import MetricAccumulator, Scores
+
+SCORE_COLUMNS = ("case", "engine", "object", "dice", "iou", "nsd", "hd95", "assd", "tolerance_mm", "pred_empty", "ref_empty",
+                 "distances_defined", "ref_voxels", "pred_voxels", "key_slices", "corrections")
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else ("nan" if isinstance(v, float) else v)) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def load_records(run_dir: Path, case_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    folder = run_dir / "cases"
+    files = [folder / f"{c}.json" for c in case_ids] if case_ids is not None else sorted(folder.glob("*.json"))
+    return [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per engine, per object: cases and mean/sd/median of each metric (MetricAccumulator)."""
+    out: dict[str, dict[str, Any]] = {}
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        acc = MetricAccumulator()
+        for r in rows:
+            if r["engine"] == engine:
+                sc = Scores(*(r[k] for k in ("dice", "iou", "nsd", "hd95", "assd", "pred_empty", "ref_empty", "tolerance_mm")))
+                acc.add(r["case"], r["object"], sc)
+        out[engine] = acc.summary()
+    return out
+
+
+def _summary_rows(summary: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = ["engine", "object", "cases"]
+    rows = []
+    for engine, objs in summary.items():
+        for obj, entry in objs.items():
+            row: dict[str, Any] = {"engine": engine, "object": obj, "cases": entry["cases"]}
+            for m in MetricAccumulator.METRICS:
+                for stat in ("mean", "sd", "median"):
+                    row[f"{m}_{stat}"] = entry[m][stat]
+                row[f"{m}_nan_cases"] = entry[m]["nan_cases"]
+            rows.append(row)
+    for m in MetricAccumulator.METRICS:
+        cols += [f"{m}_mean", f"{m}_sd", f"{m}_median", f"{m}_nan_cases"]
+    return rows, cols
+
+
+def boxplot(rows: list[dict[str, Any]], path: Path, metric: str = "dice", title: str = "") -> Path | None:
+    """Box plot of ``metric`` per object, one box per engine side by side."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objects = list(dict.fromkeys(r["object"] for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    width = 0.8 / len(engines)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(objects) * len(engines) + 2), 4.5), dpi=110)
+    for e, engine in enumerate(engines):
+        data = [[r[metric] for r in rows if r["engine"] == engine and r["object"] == o and not math.isnan(r[metric])] for o in objects]
+        pos = [i + (e - (len(engines) - 1) / 2) * width for i in range(len(objects))]
+        keep = [(p, d) for p, d in zip(pos, data) if d]
+        if keep:
+            bp = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9, patch_artist=True, manage_ticks=False)
+            color = plt.cm.tab10(e % 10)
+            for box in bp["boxes"]:
+                box.set_facecolor(color)
+                box.set_alpha(0.6)
+            ax.plot([], [], color=color, lw=6, alpha=0.6, label=engine)
+    ax.set_xticks(range(len(objects)))
+    ax.set_xticklabels(objects, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    if metric in ("dice", "iou", "nsd"):
+        ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric} per object", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """scores.csv, summary.csv, plots and report.json from the finished cases' records."""
+    records = load_records(run_dir, case_ids)
+    rows = [r for rec in records for r in rec.get("rows", [])]
+    write_text_atomic(run_dir / "scores.csv", _csv_text(rows, SCORE_COLUMNS))
+    summary = summarise(rows)
+    srows, scols = _summary_rows(summary)
+    write_text_atomic(run_dir / "summary.csv", _csv_text(srows, scols))
+    plot = boxplot(rows, run_dir / "plots" / "dice_boxplot.png", "dice", title=f"Dice per object ({extra.get('settings', {}).get('protocol', {}).get('name', '')})")
+    done = [r["case"] for r in records]
+    report = {
+        **extra,
+        "cases": {
+            "total": len(case_ids),
+            "finished": len(done),
+            "not_finished": [c for c in case_ids if c not in set(done)],
+            "errors": [{"case": r["case"], "error": r["error"]} for r in records if r.get("status") == "error"],
+            "engine_errors": [{"case": r["case"], **r["engine_errors"]} for r in records if r.get("engine_errors")],
+            "objects_absent": [{"case": r["case"], "objects": r["absent"]} for r in records if r.get("absent")],
+            "warnings": [{"case": r["case"], "warnings": r["warnings"]} for r in records if r.get("warnings")],
+            "skipped_by_reader": extra.get("dataset", {}).get("skipped", []),
+        },
+        "seconds_per_case": {r["case"]: r.get("seconds", {}) for r in records},
+        "summary": summary,
+        "files": {"scores": "scores.csv", "summary": "summary.csv", "boxplot": str(plot.relative_to(run_dir)) if plot else None,
+                  "overlays": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "overlays").glob("*.png"))},
+    }
+    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str))
+    return report
+
+
+def read_scores(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "scores.csv"
+    if not path.is_file():
+        raise InputError(f"{run_dir}: no scores.csv; is it a run folder written by `sam2volume evaluate`?")
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for m in MetricAccumulator.METRICS:
+            r[m] = float(r[m])
+    return rows
+
+
+def _main_engine(run_dir: Path) -> str:
+    meta = run_dir / "run.json"
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8"))["settings"]["engine"]
+    return "sam2"
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, *, metric: str = "dice", engine_a: str | None = None, engine_b: str | None = None) -> list[dict[str, Any]]:
+    """Per object, on the cases both runs scored: mean of A and B, mean difference B - A, wins,
+    and the two-sided Wilcoxon signed-rank p-value (scipy) of the paired differences."""
+    from scipy.stats import wilcoxon
+
+    if metric not in MetricAccumulator.METRICS:
+        raise InputError(f"unknown metric {metric!r}; use one of {', '.join(MetricAccumulator.METRICS)}")
+    a_dir, b_dir = Path(run_a), Path(run_b)
+    ea, eb = engine_a or _main_engine(a_dir), engine_b or _main_engine(b_dir)
+    a = {(r["case"], r["object"]): r[metric] for r in read_scores(a_dir) if r["engine"] == ea}
+    b = {(r["case"], r["object"]): r[metric] for r in read_scores(b_dir) if r["engine"] == eb}
+    if not a or not b:
+        raise InputError(f"no rows for engine {ea!r} in {a_dir} or {eb!r} in {b_dir}; name them with --engine-a/--engine-b")
+    higher_better = metric in ("dice", "iou", "nsd")
+    out = []
+    for obj in dict.fromkeys(k[1] for k in a):
+        keys = [k for k in a if k[1] == obj and k in b and not (math.isnan(a[k]) or math.isnan(b[k]))]
+        if not keys:
+            continue
+        va, vb = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+        d = vb - va
+        better = d > 0 if higher_better else d < 0
+        worse = d < 0 if higher_better else d > 0
+        p = float(wilcoxon(va, vb).pvalue) if len(keys) >= 2 and np.any(d != 0) else math.nan
+        out.append({"object": obj, "cases": len(keys), f"{metric}_a": float(va.mean()), f"{metric}_b": float(vb.mean()),
+                    "difference": float(d.mean()), "b_better": int(better.sum()), "b_worse": int(worse.sum()),
+                    "ties": int((d == 0).sum()), "wilcoxon_p": p})
+    if not out:
+        raise InputError(f"{a_dir} and {b_dir} share no (case, object) pair with a finite {metric}")
+    return out
+
+
+def format_comparison(rows: list[dict[str, Any]], metric: str, a: str, b: str) -> str:
+    lines = [f"A = {a}", f"B = {b}", f"{'object':<26}{'cases':>6}{'A':>9}{'B':>9}{'B-A':>9}{'B better':>10}{'B worse':>9}{'p':>9}"]
+    for r in rows:
+        lines.append(f"{r['object']:<26}{r['cases']:>6}{r[f'{metric}_a']:>9.3f}{r[f'{metric}_b']:>9.3f}{r['difference']:>+9.3f}"
+                     f"{r['b_better']:>10}{r['b_worse']:>9}{r['wilcoxon_p']:>9.3g}")
+    return "\n".join(lines)
+
+
+def write_comparison(rows: list[dict[str, Any]], path: str | Path) -> None:
+    write_text_atomic(path, _csv_text(rows, list(rows[0])))
