@@ -122,6 +122,24 @@ def test_stop_rule_stops_where_object_is_gone(ct):
     assert report.slices_run == 3 + 3
 
 
+def test_an_object_prompted_later_is_not_stopped_before_its_own_prompt(ct):
+    """Controlled weights (test setting): every slice reads 'absent'; object 2's prompt is 8 slices
+    after object 1's, so the forward pass meets it late; it must still be tracked past its prompt."""
+    pred = build_predictor(engine_config())
+    head = pred.sam_mask_decoder.pred_obj_score_head
+    last = head.layers[-1] if hasattr(head, "layers") else head
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-10.0)
+    session = Session(ct, "axial", engine_config(), predictor=pred)
+    session.add_box(1, [[40, 30, 8], [80, 70, 8]])
+    session.add_box(2, [[40, 30, 16], [80, 70, 16]])
+    report = session.propagate(stop_after=2)
+    assert report.stopped[1] == {"forward": 10, "backward": 6}
+    assert report.stopped[2]["forward"] == 18  # two absent slices after its prompt on 16, not before it
+    assert not np.isnan(session.slice_scores()[2][17])
+
+
 def test_stop_rule_clears_stale_results_beyond_the_end(ct):
     pred = build_predictor(engine_config())
     session = Session(ct, "axial", engine_config(), predictor=pred)
