@@ -9,7 +9,6 @@ changed. Slicer APIs used here were checked against Slicer's source (see README,
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated, Any
 
 import numpy as np
@@ -132,24 +131,20 @@ class SegmentWithSAM2Logic(ScriptedLoadableModuleLogic):
 
     # ----------------------------------------------------------------- jobs
     def submitPoints(self, volumeNode, segmentationNode, segmentId, pointsRas, positive, sliceNode, params, onDone=None, onError=None):
-        controller = self.getController(volumeNode, params)
-        sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
-        w2l = self.worldToLocal(volumeNode)
-
-        def work():
-            return [controller.add_points(segmentId, pointsRas, positive, sliceToRas, w2l)]
-
-        return self._submit("prompt", work, volumeNode, segmentationNode, onDone, onError, undo=False)
+        """Points clicked in ``sliceNode``'s view (world RAS); the slice's mask is written when ready."""
+        return self._submitPrompt("points", lambda c, s2r, w2l: c.add_points(segmentId, pointsRas, positive, s2r, w2l),
+                                  volumeNode, segmentationNode, sliceNode, params, onDone, onError)
 
     def submitBox(self, volumeNode, segmentationNode, segmentId, cornerA, cornerB, sliceNode, params, onDone=None, onError=None):
+        """A box (two opposite corners, world RAS) drawn in ``sliceNode``'s view."""
+        return self._submitPrompt("box", lambda c, s2r, w2l: c.add_box(segmentId, cornerA, cornerB, s2r, w2l),
+                                  volumeNode, segmentationNode, sliceNode, params, onDone, onError)
+
+    def _submitPrompt(self, name, call, volumeNode, segmentationNode, sliceNode, params, onDone, onError):
         controller = self.getController(volumeNode, params)
         sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
         w2l = self.worldToLocal(volumeNode)
-
-        def work():
-            return [controller.add_box(segmentId, cornerA, cornerB, sliceToRas, w2l)]
-
-        return self._submit("box", work, volumeNode, segmentationNode, onDone, onError, undo=False)
+        return self._submit(name, lambda: [call(controller, sliceToRas, w2l)], volumeNode, segmentationNode, onDone, onError, undo=False)
 
     def submitPropagate(self, volumeNode, segmentationNode, params, segmentIds=None, sliceRange=None, onProgress=None, onDone=None, onError=None):
         controller = self.getController(volumeNode, params)
