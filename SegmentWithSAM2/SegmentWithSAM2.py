@@ -259,7 +259,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in ("positive", "negative", "box"):
             widget = getattr(self.ui, f"{name}PlaceWidget")
             widget.setMRMLScene(slicer.mrmlScene)
-            widget.placeMultipleMarkups = widget.ForcePlaceSingleMarkup if name == "box" else widget.ForcePlaceMultipleMarkups
+            placeWidget = slicer.qSlicerMarkupsPlaceWidget
+            widget.placeMultipleMarkups = placeWidget.ForcePlaceSingleMarkup if name == "box" else placeWidget.ForcePlaceMultipleMarkups
         self.ui.segmentSelector.setMRMLScene(slicer.mrmlScene)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
