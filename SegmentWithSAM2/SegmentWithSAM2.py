@@ -120,10 +120,12 @@ class SegmentWithSAM2Logic(ScriptedLoadableModuleLogic):
 
                 config = EngineConfig(model=params.model, checkpoint=params.checkpoint or None, device=params.device)
                 predictor = self._predictors.get((params.model, params.checkpoint, params.device))
-            modality = "CT" if float(np.min(slicer.util.arrayFromVolume(volumeNode))) <= -500 else "unknown"
+            from sam2volume.io.readers import guess_modality
+
+            array = slicer.util.arrayFromVolume(volumeNode)
             self.controller = SegmentationController(
-                slicer.util.arrayFromVolume(volumeNode), self._matrix(volumeNode.GetIJKToRASMatrix), engine=params.engine,
-                config=config, window=None if params.window == "auto" else params.window, modality=modality,
+                array, self._matrix(volumeNode.GetIJKToRASMatrix), engine=params.engine,
+                config=config, window=None if params.window == "auto" else params.window, modality=guess_modality(array),
                 predictor=predictor, name=volumeNode.GetName(),
             )
             self._key = key

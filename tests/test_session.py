@@ -104,14 +104,19 @@ def test_feature_cache_budget_forces_reencoding(ct):
     assert pred.encoder_calls > calls  # evicted slices had to be encoded again
 
 
-def test_stop_rule_stops_where_object_is_gone(ct):
-    """Controlled weights (test setting): the object-score head says 'absent' on every slice."""
-    pred = build_predictor(engine_config())
+def _report_absent_everywhere(pred):
+    """Controlled weights (test setting): SAM2's object-score head then says 'absent' on every slice."""
     head = pred.sam_mask_decoder.pred_obj_score_head
     last = head.layers[-1] if hasattr(head, "layers") else head
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(-10.0)
+
+
+def test_stop_rule_stops_where_object_is_gone(ct):
+    """Controlled weights (test setting): the object-score head says 'absent' on every slice."""
+    pred = build_predictor(engine_config())
+    _report_absent_everywhere(pred)
     session = Session(ct, "axial", engine_config(), predictor=pred)
     session.add_box(1, [[40, 30, 12], [80, 70, 12]])
     report = session.propagate(stop_after=2)
@@ -126,11 +131,7 @@ def test_an_object_prompted_later_is_not_stopped_before_its_own_prompt(ct):
     """Controlled weights (test setting): every slice reads 'absent'; object 2's prompt is 8 slices
     after object 1's, so the forward pass meets it late; it must still be tracked past its prompt."""
     pred = build_predictor(engine_config())
-    head = pred.sam_mask_decoder.pred_obj_score_head
-    last = head.layers[-1] if hasattr(head, "layers") else head
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(-10.0)
+    _report_absent_everywhere(pred)
     session = Session(ct, "axial", engine_config(), predictor=pred)
     session.add_box(1, [[40, 30, 8], [80, 70, 8]])
     session.add_box(2, [[40, 30, 16], [80, 70, 16]])
@@ -146,11 +147,7 @@ def test_stop_rule_clears_stale_results_beyond_the_end(ct):
     session.add_box(1, [[40, 30, 12], [80, 70, 12]])
     session.propagate(stop_after=None)
     assert not np.isnan(session.slice_scores()[1]).any()
-    head = pred.sam_mask_decoder.pred_obj_score_head
-    last = head.layers[-1] if hasattr(head, "layers") else head
-    with torch.no_grad():  # from now on the model reports the object absent (test setting)
-        last.weight.zero_()
-        last.bias.fill_(-10.0)
+    _report_absent_everywhere(pred)  # from now on the model reports the object absent (test setting)
     session.propagate(stop_after=3)
     scores = session.slice_scores()[1]
     assert np.isnan(scores[16:]).all() and np.isnan(scores[:9]).all()

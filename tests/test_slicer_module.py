@@ -92,7 +92,7 @@ def test_view_gives_the_session_axis_and_the_slice(real):
         session = BaselineSession(vol, axis)
         assert vs.axis == axis and vs.index == int(ijk[vs.voxel_axis])
         # the voxel axis the view cuts is the session's slice axis in the input's own array
-        assert session._reo.perm[session.axis.normal] == vs.voxel_axis
+        assert session.voxel_axis == vs.voxel_axis
     # volume rotated 90 degrees about R by its parent transform: the red (axial) view shows its coronal plane
     parent = rotation("R", 90)
     centre_world = (parent @ np.r_[centre, 1])[:3]

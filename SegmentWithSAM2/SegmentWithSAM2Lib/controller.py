@@ -141,7 +141,7 @@ class SegmentationController:
     def updates(self, segment_ids: list[str]) -> list[SliceUpdate]:
         """Slabs of the slices whose mask differs from what the segment got from us before."""
         result = self.session.result().array
-        voxel_axis = self.session._reo.perm[self.session.axis.normal]
+        voxel_axis = self.session.voxel_axis
         out = []
         for sid in segment_ids:
             new = result == self.labels[sid]

@@ -37,6 +37,13 @@ class BaselineParams:
     # example CT: figures measured on that same CT are therefore optimistic
 
 
+def deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel of a 2D mask farthest from its edge (the image border counts as edge), as (x, y)."""
+    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(c), int(r)
+
+
 def _disk(r: int) -> np.ndarray:
     y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
@@ -117,12 +124,6 @@ class BaselineSession(SessionBase):
             out |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
         return out
 
-    @staticmethod
-    def _deepest(mask: np.ndarray) -> tuple[float, float]:
-        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        return float(c), float(r)
-
     def _set(self, label: int, s: int, mask: np.ndarray) -> np.ndarray:
         self._logits[label][s] = np.where(mask, 1.0, -1.0).astype(np.float32)
         self._scores[label][s] = float(mask.sum())
@@ -176,7 +177,7 @@ class BaselineSession(SessionBase):
             # a negative click claims the pixels nearer to it than to any positive click (or, with
             # none on this slice, than to the centre of the mask already there): the region is cut
             # along the bisector instead of losing every part the click touches
-            keep_xy = pos_xy or [self._deepest(region)]
+            keep_xy = pos_xy or [deepest_pixel(region)]
             yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
             d_neg = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in neg_xy], axis=0)
             d_pos = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in keep_xy], axis=0)

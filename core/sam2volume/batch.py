@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, Sam2VolumeError
-from .io.atomic import split_suffix, write_text_atomic
+from .io.atomic import remove_partials, split_suffix, write_text_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
 
@@ -94,8 +94,7 @@ def batch(
         plan.append((image, out, find_prompts(image, prompts, prompts_dir)))
     todo = [t for t in plan if not (t[1].is_file() and report_path(t[1]).is_file())]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.glob(".*.partial*"):  # left by a killed run
-        p.unlink()
+    remove_partials(out_dir)  # left by a killed run
     if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
         from .engine.predictor import build_predictor
 

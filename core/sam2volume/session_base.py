@@ -171,6 +171,11 @@ class SessionBase:
         """The slice number (along this session's axis) holding a point of the input volume."""
         return int(round(float(self.axis.to_frame(self._to_canonical_index(ijk, coords))[0, 0])))
 
+    @property
+    def voxel_axis(self) -> int:
+        """The axis of the input volume's array (0, 1, 2 = i, j, k) that this session's slices cut."""
+        return self._reo.perm[self.axis.normal]
+
     def input_region(self, s: int, frame: np.ndarray | None = None) -> tuple[tuple[Any, ...], np.ndarray | None]:
         """Where slice ``s`` lies in the input volume's array, and ``frame`` laid out to fit it.
 
@@ -178,8 +183,7 @@ class SessionBase:
         (e.g. a preview mask) into the input's own layout: the way to update only changed slices.
         """
         s = self._check_slice(s)
-        w = self.axis.normal
-        a = self._reo.perm[w]
+        w, a = self.axis.normal, self.voxel_axis
         index: list[Any] = [slice(None)] * 3
         index[a] = (self.volume.shape[a] - 1 - s) if self._reo.flip[w] else s
         if frame is None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..baseline import deepest_pixel
 from ..errors import InputError
 
 PROMPT_KINDS = ("box", "points", "mask")
@@ -135,17 +136,10 @@ def box_prompt(mask: np.ndarray, jitter: float, rng: np.random.Generator) -> lis
     return [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)]
 
 
-def _centre(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel deepest inside ``mask`` (largest distance to its edge) as (x, y)."""
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(c), int(r)
-
-
 def point_prompts(mask: np.ndarray, positives: int, negatives: int, rng: np.random.Generator) -> tuple[list[list[int]], list[int]]:
     """Clicks (x, y) and labels (1/0): the first positive at the mask's centre, the others random
     inside it (away from the edge when possible); negatives random in the background near it."""
-    pts = [list(_centre(mask))]
+    pts = [list(deepest_pixel(mask))]
     inner = ndi.binary_erosion(mask, iterations=2)
     pool = np.argwhere(inner if inner.sum() >= positives else mask)
     for r, c in pool[rng.choice(len(pool), size=min(len(pool), positives - 1), replace=False)] if positives > 1 else []:
@@ -173,7 +167,7 @@ def correction_click(pred_frames: np.ndarray, ref_frames: np.ndarray) -> tuple[i
     lab, n = ndi.label(err[s])
     sizes = ndi.sum(np.ones_like(lab), lab, index=range(1, n + 1))
     region = lab == (int(np.argmax(sizes)) + 1)
-    x, y = _centre(region)
+    x, y = deepest_pixel(region)
     return s, [x, y], int(bool(ref_frames[s, y, x]))
 
 

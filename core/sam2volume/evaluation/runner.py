@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, Sam2VolumeError
-from ..io.atomic import write_text_atomic
+from ..io.atomic import remove_partials, write_text_atomic
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
 from .protocols import Protocol, correct_object, key_slices, parse_protocol, prompt_object, rng_for
@@ -53,16 +53,6 @@ def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str,
     return key, dict(NSD_TOLERANCES_MM[key]), DEFAULT_TOLERANCE_MM
 
 
-def _clean_partials(run_dir: Path) -> list[str]:
-    """Temporary files left by a killed run (atomic writes name them .NAME.XXXX.partial.EXT)."""
-    removed = []
-    for p in run_dir.rglob(".*.partial*"):
-        if p.is_file():
-            p.unlink()
-            removed.append(str(p.relative_to(run_dir)))
-    return removed
-
-
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -70,8 +60,8 @@ def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class _Engines:
     """Builds one session per case and engine; the SAM2 predictor is built once and shared."""
 
-    def __init__(self, engine: str, config: Any, axis: str, window: str | None, predictor: Any = None):
-        self.engine, self.config, self.axis, self.window = engine, config, axis, window
+    def __init__(self, config: Any, axis: str, window: str | None, predictor: Any = None):
+        self.config, self.axis, self.window = config, axis, window
         self.predictor = predictor
 
     def session(self, name: str, volume: Any) -> Any:
@@ -162,7 +152,7 @@ def evaluate(
         if diff:
             raise InputError(f"{run_dir} holds a run with other settings ({'; '.join(diff)}); resume with the same settings or use a new -o folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cleaned = _clean_partials(run_dir)
+    cleaned = [str(p.relative_to(run_dir)) for p in remove_partials(run_dir, recursive=True)]
     if not settings_file.is_file():
         write_text_atomic(settings_file, json.dumps({"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
@@ -171,7 +161,7 @@ def evaluate(
         from ..engine.predictor import build_predictor
 
         predictor = build_predictor(cfg, progress=progress)  # a missing checkpoint fails here, once
-    factory = _Engines(engine, cfg, axis, window, predictor)
+    factory = _Engines(cfg, axis, window, predictor)
     skipped_done = len(cases) - len(todo)
     bar = None
     if progress:

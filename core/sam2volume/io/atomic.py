@@ -44,6 +44,18 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_partials(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """Delete temporary files a killed process left behind (``.NAME.XXXX.partial.EXT``, see
+    :func:`atomic_output`); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for p in (folder.rglob if recursive else folder.glob)(".*.partial*"):
+        if p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
