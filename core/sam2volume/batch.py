@@ -92,7 +92,9 @@ def batch(
     for image in items:
         out = out_dir / f"{_stem(image)}{suffix}"
         plan.append((image, out, find_prompts(image, prompts, prompts_dir)))
-    todo = [t for t in plan if not (t[1].is_file() and report_path(t[1]).is_file())]
+    todo, finished = [], []
+    for item in plan:  # an output with its report was finished by an earlier run
+        (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(out_dir)  # left by a killed run
     if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
@@ -103,11 +105,11 @@ def batch(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="batch", unit="volume")
+        bar = tqdm(total=len(plan), initial=len(finished), desc="batch", unit="volume")
     report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
-                              "config": cfg.to_dict() if engine == "sam2" else None, "done": [], "skipped_finished": [],
+                              "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
+                              "skipped_finished": [str(out) for _, out, _ in finished],
                               "errors": [], "seconds": {}}
-    report["skipped_finished"] = [str(out) for item, out, pfile in plan if (item, out, pfile) not in todo]
     for n, (image, out, pfile) in enumerate(todo):
         if on_item is not None:
             on_item(n, len(todo), str(image))

@@ -110,13 +110,13 @@ def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> d
     srows, scols = _summary_rows(summary)
     write_text_atomic(run_dir / "summary.csv", _csv_text(srows, scols))
     plot = boxplot(rows, run_dir / "plots" / "dice_boxplot.png", "dice", title=f"Dice per object ({extra.get('settings', {}).get('protocol', {}).get('name', '')})")
-    done = [r["case"] for r in records]
+    done = {r["case"] for r in records}
     report = {
         **extra,
         "cases": {
             "total": len(case_ids),
             "finished": len(done),
-            "not_finished": [c for c in case_ids if c not in set(done)],
+            "not_finished": [c for c in case_ids if c not in done],
             "errors": [{"case": r["case"], "error": r["error"]} for r in records if r.get("status") == "error"],
             "engine_errors": [{"case": r["case"], **r["engine_errors"]} for r in records if r.get("engine_errors")],
             "objects_absent": [{"case": r["case"], "objects": r["absent"]} for r in records if r.get("absent")],
