@@ -13,8 +13,8 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .io import read_volume, write_labelmap
-from .io.atomic import atomic_output, split_suffix
-from .io.writers import output_kind
+from .io.atomic import atomic_output, check_output, split_suffix
+from .io.writers import check_segment_names, output_kind
 from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
 
@@ -35,6 +35,16 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _check_outputs(output: str | Path, png: str | Path | None, image: Any, prompts: Any, pset: PromptSet) -> None:
+    """Before any work: no output may be an input, folders must be writable, names must fit the format."""
+    inputs: list[Any] = [m["file"] for o in pset.objects for m in o.masks]
+    inputs += [p for p in (image, prompts) if isinstance(p, (str, Path))]
+    for path, what in ((output, "output"), (report_path(output), "run report"), (png, "PNG")):
+        if path is not None:
+            check_output(path, inputs, what)
+    check_segment_names(output, [o.name for o in pset.objects])
 
 
 def segment(
@@ -74,6 +84,8 @@ def segment(
         pset = load_prompts(prompts)
     if output is not None and Path(output).name.lower().endswith(".dcm") and not vol.meta.get("dicom_files"):
         raise InputError(f"{output}: DICOM-SEG output needs a DICOM series as input; write .seg.nrrd or .nii.gz instead")
+    if output is not None:
+        _check_outputs(output, png, image, prompts, pset)
     cfg = config if config is not None else EngineConfig()
     if engine == "baseline":
         from .baseline import BaselineSession

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, Sam2VolumeError
-from .io.atomic import remove_partials, split_suffix, write_text_atomic
+from .io.atomic import check_output, remove_partials, split_suffix, write_text_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
 
@@ -56,6 +56,25 @@ def find_prompts(image: Path, prompts: str | Path | None, prompts_dir: str | Pat
     return next((c for c in candidates if c.is_file()), None)
 
 
+SETTINGS_FILE = "batch_settings.json"
+
+
+def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """A batch folder holds one configuration: a rerun with other settings is refused, naming them."""
+    f = out_dir / SETTINGS_FILE
+    if not f.is_file():
+        return
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))["settings"]
+        if not isinstance(old, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{f} is corrupt; delete it only if every output in {out_dir} was made with the settings you give now") from None
+    diff = [f"{k}: {old.get(k)!r} before, {settings[k]!r} now" for k in settings if old.get(k) != json.loads(json.dumps(settings[k]))]
+    if diff:
+        raise InputError(f"{out_dir} holds a batch with other settings ({'; '.join(diff)}); rerun with the same settings or use a new -o folder")
+
+
 def batch(
     inputs: list[str | Path],
     out_dir: str | Path,
@@ -92,11 +111,23 @@ def batch(
     for image in items:
         out = out_dir / f"{_stem(image)}{suffix}"
         plan.append((image, out, find_prompts(image, prompts, prompts_dir)))
+    all_inputs = [p for image, _, pfile in plan for p in (image, pfile) if p is not None]
+    for _, out, _ in plan:  # `batch DIR -o DIR` would overwrite every input
+        check_output(out, all_inputs)
+        check_output(report_path(out), all_inputs, "run report")
+    check_output(out_dir / "batch_report.json", all_inputs, "batch report")
+    settings = {"engine": engine, "config": cfg.to_dict() if engine == "sam2" else None, "axis": axis, "direction": direction,
+                "stop_after": stop_after, "window": window, "suffix": suffix, "png": bool(png),
+                "prompts": str(Path(prompts).resolve()) if prompts is not None else None,
+                "prompts_dir": str(Path(prompts_dir).resolve()) if prompts_dir is not None else None}
+    _check_settings(out_dir, settings)
     todo, finished = [], []
     for item in plan:  # an output with its report was finished by an earlier run
         (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(out_dir)  # left by a killed run
+    if not (out_dir / SETTINGS_FILE).is_file():
+        write_text_atomic(out_dir / SETTINGS_FILE, json.dumps({"settings": settings, "versions": _versions()}, indent=2))
     if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
         from .engine.predictor import build_predictor
 

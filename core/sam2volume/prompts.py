@@ -20,11 +20,15 @@ work starts, and errors name the object and the entry.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import InputError
+from .slicing import parse_axis
 
 COORDINATES = ("voxel", "lps", "ras")
 
@@ -47,69 +51,192 @@ class PromptSet:
     source: str = "prompts"
 
 
+TOP_KEYS = ("description", "axis", "coordinates", "objects")
+OBJECT_KEYS = ("name", "label", "color", "description", "points", "boxes", "masks")
+POINT_KEYS = ("position", "positive")
+MASK_KEYS = ("file", "slice", "value")
+MAX_NAME = 128
+
+
 def _fail(where: str, msg: str) -> InputError:
     return InputError(f"{where}: {msg}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_keys(value: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+
+
+def _list(value: Any, where: str, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, f'"{what}" must be a list, got {type(value).__name__} {value!r}')
+    return value
+
+
 def _vec3(value: Any, where: str) -> list[float]:
-    if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise _fail(where, f"expected a 3D coordinate [x, y, z], got {value!r}")
+    if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_number(v) for v in value)):
+        raise _fail(where, f"expected a 3D coordinate [x, y, z] of finite numbers, got {value!r}")
     return [float(v) for v in value]
 
 
+def check_name(name: Any, where: str) -> str:
+    """A segment name: one line of printable text (it goes into file headers and Slicer)."""
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(where, f"name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_NAME or any(not ch.isprintable() for ch in name):
+        raise _fail(where, f"name {name!r} must be one line of printable characters, at most {MAX_NAME} long")
+    return name
+
+
+def check_color(color: Any, where: str) -> list[float] | None:
+    """A colour: exactly three numbers in [0, 1] (red, green, blue), or None."""
+    if color is None:
+        return None
+    if not (isinstance(color, (list, tuple)) and len(color) == 3 and all(_is_number(c) and 0 <= c <= 1 for c in color)):
+        raise _fail(where, f"color must be three numbers in [0, 1] (red, green, blue), got {color!r}")
+    return [float(c) for c in color]
+
+
+def _point(p: Any, where: str) -> tuple[list[float], bool]:
+    if not isinstance(p, dict):
+        return _vec3(p, where), True
+    _check_keys(p, POINT_KEYS, where)
+    positive = p.get("positive", True)
+    if not isinstance(positive, bool):
+        raise _fail(where, f'"positive" must be true or false (a JSON boolean), got {positive!r}')
+    return _vec3(p.get("position"), where), positive
+
+
+def _mask(mk: Any, where: str, base_dir: Path | None) -> dict[str, Any]:
+    if not isinstance(mk, dict) or "file" not in mk or "slice" not in mk:
+        raise _fail(where, 'expected {"file": "labels.nii.gz", "slice": N, "value": V}')
+    _check_keys(mk, MASK_KEYS, where)
+    if not isinstance(mk["file"], str) or not mk["file"]:
+        raise _fail(where, f'"file" must be a path string, got {mk["file"]!r}')
+    if not _is_int(mk["slice"]) or mk["slice"] < 0:
+        raise _fail(where, f'"slice" must be a slice number (an integer >= 0), got {mk["slice"]!r}')
+    value = mk.get("value")
+    if value is not None and (not _is_int(value) or value <= 0):
+        raise _fail(where, f'"value" must be a positive integer label value (or left out: all non-zero voxels), got {value!r}')
+    path = Path(mk["file"])
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise _fail(where, f"mask file {str(path)!r} is not a file" + (" (it is a directory)" if path.is_dir() else ""))
+    return {"file": path, "slice": int(mk["slice"]), "value": value}
+
+
 def parse_prompts(data: dict[str, Any], source: str = "prompts", base_dir: Path | None = None) -> PromptSet:
+    """Check a prompts document strictly (types, lengths, ranges, unknown keys) and return it parsed."""
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list) or not data["objects"]:
         raise _fail(source, 'needs a non-empty "objects" list (see README: prompts file format)')
-    coords = str(data.get("coordinates", "voxel")).lower()
-    if coords not in COORDINATES:
+    _check_keys(data, TOP_KEYS, source)
+    coords = data.get("coordinates", "voxel")
+    if not isinstance(coords, str) or coords.lower() not in COORDINATES:
         raise _fail(source, f'"coordinates" must be one of {", ".join(COORDINATES)}, got {coords!r}')
+    coords = coords.lower()
+    axis = data.get("axis")
+    if axis is not None:
+        if not isinstance(axis, str):
+            raise _fail(source, f'"axis" must be axial, coronal or sagittal, got {axis!r}')
+        axis = parse_axis(axis)
     objects: list[ObjectPrompts] = []
     labels: set[int] = set()
     for n, obj in enumerate(data["objects"]):
         where = f"{source}: object {n + 1}"
         if not isinstance(obj, dict):
             raise _fail(where, "must be an object with name, label and prompts")
-        name = str(obj.get("name") or f"object_{n + 1}")
+        _check_keys(obj, OBJECT_KEYS, where)
+        name = check_name(obj["name"], where) if "name" in obj else f"object_{n + 1}"
         where = f"{source}: object {name!r}"
         label = obj.get("label", n + 1)
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 < label < 65536:
+        if not _is_int(label) or not 0 < label < 65536:
             raise _fail(where, f"label must be an integer 1..65535, got {label!r}")
         if label in labels:
             raise _fail(where, f"label {label} is used by two objects")
         labels.add(label)
-        op = ObjectPrompts(name, label, obj.get("color"))
-        for m, p in enumerate(obj.get("points", [])):
-            if isinstance(p, dict):
-                op.points.append((_vec3(p.get("position"), f"{where}, point {m + 1}"), bool(p.get("positive", True))))
-            else:
-                op.points.append((_vec3(p, f"{where}, point {m + 1}"), True))
-        for m, b in enumerate(obj.get("boxes", [])):
+        op = ObjectPrompts(name, label, check_color(obj.get("color"), where))
+        for m, p in enumerate(_list(obj.get("points", []), where, "points")):
+            op.points.append(_point(p, f"{where}, point {m + 1}"))
+        for m, b in enumerate(_list(obj.get("boxes", []), where, "boxes")):
+            bw = f"{where}, box {m + 1}"
+            if isinstance(b, dict):
+                _check_keys(b, ("corners",), bw)
             corners = b.get("corners") if isinstance(b, dict) else b
             if not (isinstance(corners, list) and len(corners) == 2):
-                raise _fail(f"{where}, box {m + 1}", f"expected two corners [[x,y,z],[x,y,z]], got {b!r}")
-            op.boxes.append([_vec3(c, f"{where}, box {m + 1}") for c in corners])
-        for m, mk in enumerate(obj.get("masks", [])):
-            if not isinstance(mk, dict) or "file" not in mk or "slice" not in mk:
-                raise _fail(f"{where}, mask {m + 1}", 'expected {"file": ..., "slice": N, "value": V}')
-            path = Path(mk["file"])
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-            op.masks.append({"file": path, "slice": int(mk["slice"]), "value": mk.get("value")})
+                raise _fail(bw, f"expected two corners [[x,y,z],[x,y,z]], got {b!r}")
+            op.boxes.append([_vec3(c, bw) for c in corners])
+        for m, mk in enumerate(_list(obj.get("masks", []), where, "masks")):
+            op.masks.append(_mask(mk, f"{where}, mask {m + 1}", base_dir))
         if not (op.points or op.boxes or op.masks):
             raise _fail(where, "has no points, boxes or masks")
         objects.append(op)
-    return PromptSet(objects, coords, data.get("axis"), source)
+    return PromptSet(objects, coords, axis, source)
+
+
+MAX_PROMPTS_BYTES = 16 * 2**20
 
 
 def load_prompts(path: str | Path) -> PromptSet:
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: prompts file not found")
+        raise InputError(f"{p}: prompts file not found" + (" (it is a directory)" if p.is_dir() else ""))
+    if p.stat().st_size > MAX_PROMPTS_BYTES:
+        raise InputError(f"{p}: {p.stat().st_size} bytes is too large for a prompts file (at most {MAX_PROMPTS_BYTES})")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text ({exc}); save the prompts file as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{p}: JSON nested too deeply to be a prompts file") from None
     return parse_prompts(data, str(p), p.parent)
+
+
+MAX_MASK_LABELS = 1000
+
+
+def _mask_prompt(session: Any, prompts: PromptSet, obj: ObjectPrompts, mk: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Read one mask prompt's labelmap and check that it is one and that the slice holds the object."""
+    from .io import read_labelmap
+
+    where = f"{prompts.source}: object {obj.name!r}, mask {mk['file']}"
+    s = mk["slice"]
+    if not 0 <= s < session.num_slices:
+        raise InputError(f"{where}: slice {s} does not exist: the {session.axis.axis} axis has slices 0..{session.num_slices - 1}")
+    lab = read_labelmap(mk["file"], reference=session.volume)
+    values = np.unique(lab.array)
+    if values.size > MAX_MASK_LABELS or (values.size and values.min() < 0):
+        raise InputError(
+            f"{where}: not a labelmap ({values.size} distinct values, from {values.min()} to {values.max()}); "
+            "give a segmentation whose voxels are label values, not an image"
+        )
+    value = mk["value"]
+    if value is not None and value not in set(values.tolist()):
+        present = ", ".join(str(v) for v in values.tolist() if v != 0) or "none"
+        raise InputError(f"{where}: value {value} does not occur in the file (label values present: {present})")
+    mask = lab.array == value if value is not None else lab.array > 0
+    idx, _ = session.input_region(s)
+    if not mask[idx].any():
+        raise InputError(
+            f"{where}: the mask is empty on {session.axis.axis} slice {s}; pick a slice where the object is labelled"
+        )
+    return mask, s
 
 
 def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
@@ -117,8 +244,6 @@ def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
 
     Returns the plan that :func:`apply_prompts` sends to the session.
     """
-    from .io import read_labelmap
-
     planned: list[tuple[str, Any]] = []
     for obj in prompts.objects:
         by_slice: dict[int, list[tuple[list[float], bool]]] = {}
@@ -133,11 +258,8 @@ def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
                 raise InputError(f"{prompts.source}: object {obj.name!r} has only negative points on slice {s}; add a positive point or a box")
             planned.append(("points", (obj, s, pts)))
         for mk in obj.masks:
-            lab = read_labelmap(mk["file"], reference=session.volume)
-            value = mk["value"]
-            mask = lab.array == value if value is not None else lab.array > 0
-            session._check_slice(mk["slice"])
-            planned.append(("mask", (obj, mask, mk["slice"])))
+            mask, s = _mask_prompt(session, prompts, obj, mk)
+            planned.append(("mask", (obj, mask, s)))
     return planned
 
 

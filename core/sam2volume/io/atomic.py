@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import InputError
+
 
 def split_suffix(path: Path) -> tuple[str, str]:
     """Split ``a/b.seg.nrrd`` into (``b``, ``.seg.nrrd``); double suffixes we know are kept."""
@@ -59,3 +61,33 @@ def remove_partials(folder: str | os.PathLike[str], recursive: bool = False) -> 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike[str], inputs: "list[str | os.PathLike[str]]" = (), what: str = "output") -> Path:
+    """Refuse, before any work, an output that is one of the inputs (after resolving links), that is a
+    folder, or whose folder cannot be written. Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; give a file name (e.g. {path / 'result.nii.gz'})")
+    for item in inputs:
+        src = Path(item)
+        files = [f for f in src.iterdir() if f.is_file()] if src.is_dir() else [src]
+        for f in files:
+            if _same_file(path, f) or path.resolve() == f.resolve():
+                raise InputError(f"{what} {path} is the input {f}; writing it would destroy the input: choose another output name or folder")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} folder {folder} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what} folder {existing} is not writable; choose another output folder")
+    return path

@@ -64,6 +64,20 @@ def normalize_segments(labels: Sequence[int], segments: Sequence[dict[str, Any]]
     return out
 
 
+def check_segment_names(path: str | os.PathLike[str], names: Sequence[str]) -> None:
+    """Names must fit the output's header: one printable line; ASCII in .seg.nrrd (its writer, pynrrd,
+    writes ASCII headers only). Called before any work and again at write time."""
+    path = Path(path)
+    for name in names:
+        if any(not ch.isprintable() for ch in str(name)):
+            raise InputError(f"segment name {str(name)!r} holds a line break or control character; give a one-line name")
+        if output_kind(path) == "seg.nrrd" and not str(name).isascii():
+            raise InputError(
+                f"segment name {str(name)!r} has non-ASCII characters, which a .seg.nrrd header cannot hold here; "
+                "use an ASCII name or write .nii.gz / DICOM-SEG"
+            )
+
+
 def write_volume(vol: Volume, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
     """Write an image or labelmap in a single-file ITK format (.nii, .nii.gz, .nrrd, .mha)."""
     path = Path(path)
@@ -105,6 +119,7 @@ def write_labelmap(
     if reference is not None:
         reference.check_same_grid(labelmap)
     segs = normalize_segments(np.unique(array).tolist(), segments if segments is not None else labelmap.meta.get("segments"))
+    check_segment_names(path, [s["name"] for s in segs])
     lab = labelmap.with_array(array)
     if kind == "itk":
         return write_volume(lab, path)
