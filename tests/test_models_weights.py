@@ -31,24 +31,39 @@ def test_registry_lists_sam2_and_medsam2():
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves one in-memory file with Range support; class attributes configure it per test."""
+    """Serves one in-memory file with Range/If-Range support; class attributes configure it per test
+    (a test double of a download server: real HTTP over loopback)."""
 
     payload = b""
+    etag: str | None = None
     extra_headers: dict = {}
     cut_after: int | None = None
+    send_length = True
+    answer_416 = False
+    requests: list = []
 
     def do_GET(self):  # noqa: N802
         data = self.payload
         start = 0
         rng = self.headers.get("Range")
-        if rng:
+        if_range = self.headers.get("If-Range")
+        type(self).requests.append({"range": rng, "if_range": if_range})
+        if rng and self.answer_416:
+            self.send_response(416)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if rng and (if_range is None or if_range == self.etag):
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if self.send_length:
+            self.send_header("Content-Length", str(len(body)))
+        if self.etag:
+            self.send_header("ETag", self.etag)
         for k, v in self.extra_headers.items():
             self.send_header(k, v)
         self.end_headers()
@@ -58,6 +73,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         self.wfile.write(body)
+        if not self.send_length:
+            self.close_connection = True
 
     def log_message(self, *a):
         pass
@@ -69,8 +86,12 @@ def server():
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     _Handler.payload = bytes(range(256)) * 4096  # 1 MiB
+    _Handler.etag = '"v1"'
     _Handler.extra_headers = {}
     _Handler.cut_after = None
+    _Handler.send_length = True
+    _Handler.answer_416 = False
+    _Handler.requests = []
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
 
@@ -104,6 +125,7 @@ def test_download_resumes_a_broken_transfer(tmp_path, server):
     _Handler.cut_after = None
     path = wm.download(_spec(server, sha))
     assert path.read_bytes() == _Handler.payload and not part.exists()
+    assert _Handler.requests[-1] == {"range": "bytes=300000-", "if_range": '"v1"'}  # resumed, with a validator
 
 
 def test_checksum_mismatch_deletes_download(tmp_path, server):
@@ -173,3 +195,79 @@ def test_custom_config_file(tmp_path):
     with pytest.raises(Exception, match="needs checkpoint"):
         EngineConfig(config_file="x.yaml").spec()
     assert engine_config(config_file="configs/sam2.1/sam2.1_hiera_t.yaml").spec().is_custom
+
+
+def test_resume_after_the_server_file_changed_starts_again(tmp_path, server):
+    """Before: the resumed download appended the new file's tail to the old file's head."""
+    wm = WeightsManager(tmp_path)
+    _Handler.cut_after = 300_000
+    with pytest.raises(WeightsNotAvailableError):
+        wm.download(_spec(server))
+    _Handler.cut_after = None
+    _Handler.payload = bytes(reversed(range(256))) * 4096
+    _Handler.etag = '"v2"'
+    path = wm.download(_spec(server))
+    assert path.read_bytes() == _Handler.payload  # If-Range failed: the server sent the whole new file
+
+
+def test_no_length_and_no_digest_is_never_installed(tmp_path, server):
+    """Before: a dropped connection without Content-Length or digest was installed as complete (rc 0)."""
+    _Handler.send_length = False
+    _Handler.etag = None
+    _Handler.cut_after = 300_000
+    wm = WeightsManager(tmp_path)
+    with pytest.raises(WeightsNotAvailableError, match="cannot be confirmed complete"):
+        wm.download(_spec(server))
+    assert not (tmp_path / "sam2.1_hiera_tiny.pt").exists()
+
+
+def test_no_digest_published_is_said_in_the_record(tmp_path, server):
+    wm = WeightsManager(tmp_path)
+    wm.download(_spec(server))
+    record = wm.record(_spec(server))
+    assert record["verified_against"] is None and "no digest" in record["note"] and record["bytes"] == len(_Handler.payload)
+
+
+def test_oversized_stale_part_on_416_is_not_installed(tmp_path, server):
+    """Before: a .part larger than the file, answered with 416, was installed as the checkpoint."""
+    wm = WeightsManager(tmp_path)
+    _Handler.cut_after = 300_000
+    with pytest.raises(WeightsNotAvailableError):
+        wm.download(_spec(server))
+    part = tmp_path / "sam2.1_hiera_tiny.pt.part"
+    part.write_bytes(b"x" * (2 * len(_Handler.payload)))
+    _Handler.cut_after = None
+    _Handler.answer_416 = True
+    path = wm.download(_spec(server))
+    assert path.read_bytes() == _Handler.payload  # fetched again whole, never the stale part
+    assert _Handler.requests[-1]["range"] is None
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"sha256": "abc"}'])
+def test_corrupt_digest_record_fails_closed(tmp_path, server, content):
+    """Before: a corrupt record silently turned verification off."""
+    wm = WeightsManager(tmp_path)
+    path = wm.download(_spec(server))
+    (tmp_path / "sam2.1_hiera_tiny.pt.sha256.json").write_text(content)
+    path.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="digest record .* is corrupt"):
+        wm.ensure(_spec(server))
+
+
+def test_two_downloads_of_one_checkpoint_at_once(tmp_path, server):
+    """Before: the second of two concurrent downloads crashed with FileNotFoundError."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_download_in_process, args=(str(tmp_path), server)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "sam2.1_hiera_tiny.pt").read_bytes() == _Handler.payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt.sha256.json"]
+
+
+def _download_in_process(root, url):
+    WeightsManager(root).download(_spec(url, hashlib.sha256(bytes(range(256)) * 4096).hexdigest()))

@@ -7,6 +7,7 @@ The cache folder is ``$SAM2VOLUME_CACHE`` (default ``~/.cache/sam2volume``); set
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ModelError, WeightsNotAvailableError
+from ..locks import FileLock
 from .registry import ModelSpec
 
 CHUNK = 1 << 20
@@ -59,13 +61,27 @@ class WeightsManager:
     def expected_sha256(self, spec: ModelSpec) -> str | None:
         if spec.sha256:
             return spec.sha256.lower()
+        record = self.record(spec)
+        return None if record is None else record["sha256"]
+
+    def record(self, spec: ModelSpec) -> dict | None:
+        """What was recorded when the checkpoint was installed: its SHA-256 and what it was checked against.
+
+        A record that cannot be read fails closed (an error naming the file), never turns checking off."""
         rec = self._record_path(spec)
-        if rec.exists():
-            try:
-                return str(json.loads(rec.read_text())["sha256"]).lower()
-            except (ValueError, KeyError):
-                return None
-        return None
+        if not rec.exists():
+            return None
+        try:
+            data = json.loads(rec.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not _HEX64.match(str(data.get("sha256", "")).lower()):
+                raise ValueError("no 64-digit sha256")
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"the digest record {rec} is corrupt ({exc}); delete it and {self.path_for(spec)} and download again "
+                f"(sam2volume models download {spec.name})"
+            ) from None
+        data["sha256"] = str(data["sha256"]).lower()
+        return data
 
     # ---------------------------------------------------------------- ensure
     def ensure(self, spec: ModelSpec, progress: bool = False) -> Path:
@@ -104,71 +120,133 @@ class WeightsManager:
         spec: ModelSpec,
         progress: bool = False,
         on_progress: Callable[[int, int | None], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
+        lock_wait: float = 3600.0,
     ) -> Path:
-        """Download ``spec.url`` into the cache, resuming a partial ``.part`` file."""
+        """Download ``spec.url`` into the cache, resuming a partial ``.part`` file only when the server
+        proves it is the same file (If-Range with the ETag or Last-Modified it gave before).
+
+        A file is installed only when its size (Content-Length / Content-Range, or a completed chunked
+        transfer) or its digest (the registry's or the server's) is confirmed. One process downloads a
+        checkpoint at a time (a lock beside it); a second one waits for it.
+        """
         if spec.url is None:
             raise ModelError(f"{spec.name} has no download address")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path_for(spec)
-        part = path.with_suffix(path.suffix + ".part")
+        with FileLock(path.with_name(path.name + ".lock"), f"the download of {path.name}", wait=lock_wait, on_wait=on_wait):
+            if path.exists() and self._record_path(spec).exists():  # another process finished it meanwhile
+                self.verify(spec, path)
+                return path
+            return self._download_locked(spec, path, progress, on_progress)
+
+    def _download_locked(self, spec: ModelSpec, path: Path, progress: bool, on_progress) -> Path:
+        part = path.with_name(path.name + ".part")
+        meta_file = path.with_name(path.name + ".part.json")
+        meta = _read_json(meta_file) if part.exists() else None
+        validator = (meta or {}).get("etag") or (meta or {}).get("last_modified")
+        if part.exists() and (not validator or (meta or {}).get("url") != spec.url):
+            part.unlink()  # nothing proves the server still has the same file: start again
+            meta = None
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(spec.url, headers={"User-Agent": "sam2volume"})
         if have:
             request.add_header("Range", f"bytes={have}-")
+            request.add_header("If-Range", validator)
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # the part file is already complete
-                response = None
-            else:
-                raise WeightsNotAvailableError(self._offline_message(spec, f"HTTP {exc.code} {exc.reason}")) from None
+            if exc.code == 416 and have:  # the part does not fit the file on the server: never install it
+                part.unlink()
+                meta_file.unlink(missing_ok=True)
+                return self._download_locked(spec, path, progress, on_progress)
+            raise WeightsNotAvailableError(self._offline_message(spec, f"HTTP {exc.code} {exc.reason}")) from None
         except (urllib.error.URLError, OSError) as exc:
             raise WeightsNotAvailableError(self._offline_message(spec, f"network error: {getattr(exc, 'reason', exc)}")) from None
 
-        server_sha = None
-        if response is not None:
-            with response:
-                server_sha = _server_sha256(response.headers)
-                if have and response.status != 206:
-                    have = 0  # server ignored the range: start again
-                length = response.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                bar = _progress_bar(total, have, spec.filename) if progress else None
-                try:
-                    with open(part, "ab" if have else "wb") as fh:
-                        done = have
-                        while True:
-                            block = response.read(CHUNK)
-                            if not block:
-                                break
-                            fh.write(block)
-                            done += len(block)
-                            if bar is not None:
-                                bar.update(len(block))
-                            if on_progress is not None:
-                                on_progress(done, total)
-                except (OSError, urllib.error.URLError) as exc:
-                    raise WeightsNotAvailableError(
-                        self._offline_message(spec, f"download broke off after {done} bytes: {exc}; run again to resume")
-                    ) from None
-                finally:
-                    if bar is not None:
-                        bar.close()
-                if total is not None and part.stat().st_size < total:
-                    raise WeightsNotAvailableError(
-                        self._offline_message(spec, f"download broke off at {part.stat().st_size} of {total} bytes; run again to resume")
-                    )
-        expected = (spec.sha256 or server_sha or "").lower() or None
+        done = have
+        with response:
+            headers = response.headers
+            server_sha = _server_sha256(headers)
+            if have and response.status != 206:
+                have = done = 0  # the file changed (If-Range failed) or ranges are not served: start again
+            total = _total_length(headers, response.status, have)
+            _write_json(meta_file, {"url": spec.url, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                                    "length": total, "sha256": server_sha})
+            chunked = bool(getattr(response, "chunked", False))
+            bar = _progress_bar(total, have, spec.filename) if progress else None
+            try:
+                with open(part, "ab" if have else "wb") as fh:
+                    while True:
+                        block = response.read(CHUNK)
+                        if not block:
+                            break
+                        fh.write(block)
+                        done += len(block)
+                        if bar is not None:
+                            bar.update(len(block))
+                        if on_progress is not None:
+                            on_progress(done, total)
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                raise WeightsNotAvailableError(
+                    self._offline_message(spec, f"download broke off after {done} bytes: {exc}; run again to resume")
+                ) from None
+            finally:
+                if bar is not None:
+                    bar.close()
+        size = part.stat().st_size
+        if total is not None and size != total:
+            if size > total:
+                part.unlink()
+                meta_file.unlink(missing_ok=True)
+            raise WeightsNotAvailableError(
+                self._offline_message(spec, f"download ended at {size} of {total} bytes; run again to resume")
+            )
+        expected = (spec.sha256 or server_sha or (meta or {}).get("sha256") or "").lower() or None
+        if expected is None and total is None and not chunked:
+            raise WeightsNotAvailableError(self._offline_message(
+                spec, f"the server gave neither the file's length nor a digest, so the {size} bytes received cannot be "
+                "confirmed complete; nothing was installed"))
         actual = sha256_of(part)
         if expected is not None and actual != expected:
             part.unlink()
+            meta_file.unlink(missing_ok=True)
             raise ModelError(
                 f"checksum mismatch downloading {spec.url}: SHA-256 {actual}, expected {expected}; "
                 "the partial file was deleted, try again"
             )
+        record = {"sha256": actual, "url": spec.url, "verified_against": expected, "bytes": size,
+                  "note": None if expected else "no digest was published for this file: only its length was checked"}
+        _write_json(self._record_path(spec), record)
         os.replace(part, path)
-        self._record_path(spec).write_text(json.dumps({"sha256": actual, "url": spec.url, "verified_against": expected}))
+        meta_file.unlink(missing_ok=True)
         return path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from ..io.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data))
+
+
+def _total_length(headers, status: int, have: int) -> int | None:
+    """The whole file's length: Content-Range's total on a 206, else Content-Length on a 200."""
+    if status == 206:
+        m = re.match(r"bytes\s+\d+-\d+/(\d+)", headers.get("Content-Range") or "")
+        if m:
+            return int(m.group(1))
+        length = headers.get("Content-Length")
+        return have + int(length) if length is not None and length.isdigit() else None
+    length = headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
 
 
 def _server_sha256(headers) -> str | None:
