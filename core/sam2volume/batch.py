@@ -19,6 +19,9 @@ from .errors import InputError, Sam2VolumeError
 from .io.atomic import check_output, remove_partials, split_suffix, write_text_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
+from .locks import FileLock
+
+LOCK_NAME = ".sam2volume.lock"
 
 
 def _stem(path: Path) -> str:
@@ -125,38 +128,39 @@ def batch(
     for item in plan:  # an output with its report was finished by an earlier run
         (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_partials(out_dir)  # left by a killed run
-    if not (out_dir / SETTINGS_FILE).is_file():
-        write_text_atomic(out_dir / SETTINGS_FILE, json.dumps({"settings": settings, "versions": _versions()}, indent=2))
-    if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
-        from .engine.predictor import build_predictor
+    with FileLock(out_dir / LOCK_NAME, f"batch folder {out_dir}"):  # one writer per folder
+        remove_partials(out_dir)  # left by a killed run
+        if not (out_dir / SETTINGS_FILE).is_file():
+            write_text_atomic(out_dir / SETTINGS_FILE, json.dumps({"settings": settings, "versions": _versions()}, indent=2))
+        if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
+            from .engine.predictor import build_predictor
 
-        predictor = build_predictor(cfg, progress=progress)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+            predictor = build_predictor(cfg, progress=progress)
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=len(plan), initial=len(finished), desc="batch", unit="volume")
-    report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
-                              "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
-                              "skipped_finished": [str(out) for _, out, _ in finished],
-                              "errors": [], "seconds": {}}
-    for n, (image, out, pfile) in enumerate(todo):
-        if on_item is not None:
-            on_item(n, len(todo), str(image))
-        t = time.perf_counter()
-        try:
-            if pfile is None:
-                raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
-            segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
-                    png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine)
-            report["done"].append(str(out))
-            report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
-        except Sam2VolumeError as exc:
-            report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
+            bar = tqdm(total=len(plan), initial=len(finished), desc="batch", unit="volume")
+        report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
+                                  "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
+                                  "skipped_finished": [str(out) for _, out, _ in finished],
+                                  "errors": [], "seconds": {}}
+        for n, (image, out, pfile) in enumerate(todo):
+            if on_item is not None:
+                on_item(n, len(todo), str(image))
+            t = time.perf_counter()
+            try:
+                if pfile is None:
+                    raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
+                segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
+                        png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine)
+                report["done"].append(str(out))
+                report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
+            except Sam2VolumeError as exc:
+                report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    write_text_atomic(out_dir / "batch_report.json", json.dumps(report, indent=2, default=str))
-    return report
+            bar.close()
+        write_text_atomic(out_dir / "batch_report.json", json.dumps(report, indent=2, default=str))
+        return report

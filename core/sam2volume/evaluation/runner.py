@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import InputError, Sam2VolumeError
 from ..io.atomic import remove_partials, write_text_atomic
+from ..locks import FileLock
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
 from .protocols import Protocol, correct_object, key_slices, parse_protocol, prompt_object, rng_for
@@ -36,6 +37,7 @@ from .tables import write_tables
 from .vocabulary import NSD_TOLERANCES_MM
 
 ENGINES = ("sam2", "baseline")
+LOCK_NAME = ".sam2volume.lock"  # one writer per run folder
 
 
 def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str, dict[str, float], float]:
@@ -147,16 +149,43 @@ def evaluate(
     }
     settings_file = run_dir / "run.json"
     if settings_file.is_file():
-        old = json.loads(settings_file.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(settings_file.read_text(encoding="utf-8"))
+            if not isinstance(old, dict) or not isinstance(old.get("settings", {}), dict):
+                raise ValueError("not a settings object")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{settings_file} is corrupt ({exc}); restore it, or start the run in a new -o folder") from None
         diff = _settings_diff(old.get("settings", {}), settings)
         if diff:
             raise InputError(f"{run_dir} holds a run with other settings ({'; '.join(diff)}); resume with the same settings or use a new -o folder")
+    elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        raise InputError(f"{run_dir} is not empty and holds no run of ours (no run.json); give a new or empty -o folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}"):
+        return _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
+                            predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case)
+
+
+def _case_done(run_dir: Path, case_id: str) -> bool:
+    """A case record that reads back; a truncated or corrupt one is redone."""
+    f = _case_file(run_dir, case_id)
+    if not f.is_file():
+        return False
+    try:
+        return isinstance(json.loads(f.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
+                 predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case):
+    from ..api import _versions
+
     cleaned = [str(p.relative_to(run_dir)) for p in remove_partials(run_dir, recursive=True)]
     if not settings_file.is_file():
         write_text_atomic(settings_file, json.dumps({"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
-    todo = [c for c in cases if not _case_file(run_dir, c.case_id).is_file()]
+    todo = [c for c in cases if not _case_done(run_dir, c.case_id)]
     if engine == "sam2" and predictor is None and todo:
         from ..engine.predictor import build_predictor
 
