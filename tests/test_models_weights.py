@@ -271,3 +271,34 @@ def test_two_downloads_of_one_checkpoint_at_once(tmp_path, server):
 
 def _download_in_process(root, url):
     WeightsManager(root).download(_spec(url, hashlib.sha256(bytes(range(256)) * 4096).hexdigest()))
+
+
+@pytest.mark.parametrize("target", ["builtins.open", "os.system", "sam2.modeling.${oc.env:X}"])
+def test_config_yaml_may_only_build_sam2_classes(tmp_path, target):
+    """Before: `--config` YAML with `_target_: builtins.open` wrote a file before the build failed."""
+    import sam2
+    from sam2_helpers import CONFIG, engine_config
+
+    from sam2volume.engine.predictor import build_predictor
+
+    text = (Path(sam2.__file__).parent / CONFIG).read_text()
+    marker = tmp_path / "written_by_config.txt"
+    evil = text.replace("_target_: sam2.modeling.memory_encoder.Fuser",
+                        f"_target_: {target}\n        file: {marker}\n        mode: w", 1)
+    assert evil != text
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(evil)
+    with pytest.raises(ModelError, match="is not one of SAM2's model classes"):
+        build_predictor(engine_config(config_file=str(cfg)))
+    assert not marker.exists()
+
+
+def test_config_yaml_that_does_not_parse(tmp_path):
+    from sam2_helpers import engine_config
+
+    from sam2volume.engine.predictor import build_predictor
+
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("model:\n  a: b: c\n")
+    with pytest.raises(ModelError, match="broken.yaml.*is not valid YAML"):
+        build_predictor(engine_config(config_file=str(cfg)))

@@ -183,7 +183,10 @@ def compose_config(config_name: str, overrides: dict[str, Any]) -> Any:
 
     path = Path(config_name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        cfg = OmegaConf.load(path)
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as exc:  # yaml's scanner/parser errors, OmegaConf's grammar errors
+            raise ModelError(f"SAM2 config {path} is not valid YAML ({type(exc).__name__}: {str(exc)[:200]})") from None
     else:
         from hydra import compose
 
@@ -193,10 +196,32 @@ def compose_config(config_name: str, overrides: dict[str, Any]) -> Any:
             raise ModelError(f"SAM2 config {config_name!r} not found ({exc}); name a packaged config or a .yaml file") from None
     if "model" not in cfg:
         raise ModelError(f"SAM2 config {config_name!r} has no 'model' section; it is not a SAM2 model config")
+    check_targets(OmegaConf.to_container(cfg.model, resolve=False), config_name)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
     return cfg
+
+
+ALLOWED_TARGET_PREFIXES = ("sam2.modeling.",)
+
+
+def check_targets(node: Any, config_name: str, where: str = "model") -> None:
+    """Hydra's ``_target_`` can call any Python function: a model config may name SAM2's own model
+    classes only (checked before anything is instantiated)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                if not isinstance(value, str) or not value.startswith(ALLOWED_TARGET_PREFIXES) or "${" in value:
+                    raise ModelError(
+                        f"SAM2 config {config_name!r}: {where}._target_ {value!r} is not one of SAM2's model classes "
+                        f"(allowed: {', '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)}); refusing to build it"
+                    )
+            else:
+                check_targets(value, config_name, f"{where}.{key}")
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            check_targets(item, config_name, f"{where}[{n}]")
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path, name: str) -> None:
