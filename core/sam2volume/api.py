@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, check_count
 from .io import read_volume, write_labelmap
 from .io.atomic import atomic_output, check_output, split_suffix
 from .io.writers import check_segment_names, output_kind
@@ -63,6 +63,7 @@ def segment(
     on_progress: Callable[[int, int], None] | None = None,
     series_uid: str | None = None,
     engine: str = "sam2",
+    allow_uneven_spacing: bool = False,
 ) -> tuple[Volume, dict[str, Any]]:
     """Segment ``image`` from ``prompts``; returns (labelmap, run report) and writes ``output``.
 
@@ -73,9 +74,10 @@ def segment(
     from .session import Session
 
     t0 = time.perf_counter()
+    check_count(stop_after, "stop_after", allow_none=True)
     if output is not None:
         output_kind(Path(output))  # unknown format: fail now, not after the work
-    vol = image if isinstance(image, Volume) else read_volume(image, series_uid=series_uid)
+    vol = image if isinstance(image, Volume) else read_volume(image, series_uid=series_uid, allow_uneven_spacing=allow_uneven_spacing)
     if isinstance(prompts, PromptSet):
         pset = prompts
     elif isinstance(prompts, dict):

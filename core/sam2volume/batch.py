@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InputError, Sam2VolumeError
+from .errors import InputError, Sam2VolumeError, check_count
 from .io.atomic import check_output, remove_partials, split_suffix, write_text_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
@@ -95,12 +95,14 @@ def batch(
     progress: bool = False,
     on_item: Callable[[int, int, str], None] | None = None,
     predictor: Any = None,
+    allow_uneven_spacing: bool = False,
 ) -> dict[str, Any]:
     """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``)."""
     from .api import _versions, report_path, segment
     from .engine.config import EngineConfig
 
     out_dir = Path(out_dir)
+    check_count(stop_after, "stop_after", allow_none=True)
     output_kind(out_dir / f"x{suffix}")  # an unknown format fails before any work
     if engine not in ("sam2", "baseline"):
         raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
@@ -153,7 +155,8 @@ def batch(
                 if pfile is None:
                     raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
                 segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
-                        png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine)
+                        png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine,
+                        allow_uneven_spacing=allow_uneven_spacing)
                 report["done"].append(str(out))
                 report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
             except Sam2VolumeError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_segment import add_engine_options, engine_config
+from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, engine_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,15 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="auto", help="auto, btcv, amos, kits, nnunet, msd or plain")
     p.add_argument("--labels", help="label-name file for a plain dataset (JSON or 'ID NAME' lines; FILE.json:KEY)")
     p.add_argument("--organs", nargs="+", help="canonical organ names to score (default: every object of the dataset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0)
     p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
-    p.add_argument("--stop-after", type=int, default=3, help="stop once the object is absent on N slices in a row (0: never)")
+    p.add_argument("--stop-after", type=NONNEGATIVE_INT, default=3, help="stop once the object is absent on N slices in a row (0: never)")
     p.add_argument("--window", help="CT preset or percentile (default: abdomen for CT, percentile otherwise)")
     p.add_argument("--tolerances", default="auto", help="NSD tolerance: auto (the dataset's table), flare22, kits21, default or mm")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline row")
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
     p.add_argument("--save-predictions", action="store_true", help="also write each case's labelmap per engine")
-    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--limit", type=POSITIVE_INT, help="only the first N cases (N >= 1)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_options(p)
     p.add_argument("--axis", choices=["axial", "coronal", "sagittal"])
     p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
-    p.add_argument("--stop-after", type=int, default=3)
+    p.add_argument("--stop-after", type=NONNEGATIVE_INT, default=3, help="stop once the object is absent on N slices in a row (0: never)")
     p.add_argument("--window")
     p.add_argument("--png", action="store_true", help="a PNG overlay per volume")
+    p.add_argument("--allow-uneven-spacing", action="store_true",
+                   help="read DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_batch)
 
@@ -91,7 +93,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     report = batch(
         args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
         config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
-        window=args.window, png=args.png, progress=not args.quiet,
+        window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
     )
     if not args.quiet:
         print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")

@@ -7,6 +7,26 @@ import sys
 from typing import Any
 
 
+def _number(kind: type, minimum: float, what: str):
+    """An argparse type: a finite number of ``kind`` that is at least ``minimum`` (checked before any work)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+NONNEGATIVE_INT = _number(int, 0, "an integer >= 0")
+POSITIVE_INT = _number(int, 1, "an integer >= 1")
+NONNEGATIVE_FLOAT = _number(float, 0, "a finite number >= 0")
+
+
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     """Engine and model options shared by segment, evaluate and batch."""
     p.add_argument("--engine", default="sam2", choices=["sam2", "baseline"],
@@ -14,11 +34,12 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registry name (see `sam2volume models`); default medsam2-latest")
     p.add_argument("--checkpoint", help="checkpoint file (a custom model with --config, or a local copy of --model)")
     p.add_argument("--config", dest="config_file", help="SAM2 config (.yaml path or packaged config name) for --checkpoint")
-    p.add_argument("--image-size", type=int, help="model input size (default: the model's)")
+    p.add_argument("--image-size", type=POSITIVE_INT, help="model input size, a multiple of 32 (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--offload-state", action="store_true", help="keep SAM2's memory on the CPU")
-    p.add_argument("--feature-cache-mb", type=float, default=2048.0)
+    p.add_argument("--feature-cache-mb", type=NONNEGATIVE_FLOAT, default=2048.0,
+                   help="memory budget for cached slice features, MB (corrections re-propagate without re-encoding)")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
 
 
@@ -47,10 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_options(p)
     p.add_argument("--axis", choices=["axial", "coronal", "sagittal"], help="slice axis (default: prompts file, else axial)")
     p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
-    p.add_argument("--stop-after", type=int, default=3, help="stop once the object is absent on N slices in a row (0: never)")
+    p.add_argument("--stop-after", type=NONNEGATIVE_INT, default=3, help="stop once the object is absent on N slices in a row (0: never)")
     p.add_argument("--window", help="CT preset (abdomen, lung, bone, brain, mediastinum, liver), percentile or auto")
     p.add_argument("--png", help="also write a PNG of the slice with the most labelled voxels")
     p.add_argument("--series-uid", help="SeriesInstanceUID for DICOM folders with several series")
+    p.add_argument("--allow-uneven-spacing", action="store_true",
+                   help="read a DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_segment)
 
@@ -77,6 +100,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         series_uid=args.series_uid,
         engine=args.engine,
+        allow_uneven_spacing=args.allow_uneven_spacing,
     )
     if not args.quiet:
         for obj in report["objects"]:

@@ -31,3 +31,12 @@ class WeightsNotAvailableError(ModelError):
 
 class CancelledError(Sam2VolumeError):
     """Long work stopped because the caller asked it to."""
+
+
+def check_count(value: object, name: str, *, minimum: int = 1, allow_none: bool = False) -> None:
+    """Refuse, before any work, a count that is not an integer >= ``minimum`` (None allowed if said)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise InputError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")

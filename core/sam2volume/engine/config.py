@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,10 +44,10 @@ class EngineConfig:
             raise InputError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.device.split(":")[0] not in DEVICES:
             raise InputError(f"device {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
-        if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 32):
             raise InputError(f"image_size {self.image_size} must be a multiple of 32 and at least 64")
-        if self.feature_cache_mb < 0:
-            raise InputError(f"feature_cache_mb must be >= 0, got {self.feature_cache_mb}")
+        if not isinstance(self.feature_cache_mb, (int, float)) or not math.isfinite(self.feature_cache_mb) or self.feature_cache_mb < 0:
+            raise InputError(f"feature_cache_mb must be a finite number >= 0, got {self.feature_cache_mb}")
 
     def spec(self) -> ModelSpec:
         if self.config_file is not None:

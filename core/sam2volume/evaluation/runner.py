@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InputError, Sam2VolumeError
+from ..errors import InputError, Sam2VolumeError, check_count
 from ..io.atomic import remove_partials, write_text_atomic
 from ..locks import FileLock
 from ..metrics import DEFAULT_TOLERANCE_MM, score
@@ -114,6 +114,9 @@ def evaluate(
     from ..engine.config import EngineConfig
     from ..slicing import parse_axis
 
+    check_count(limit, "limit", allow_none=True)
+    check_count(seed, "seed", minimum=0)
+    check_count(stop_after, "stop_after", allow_none=True)
     proto = parse_protocol(protocol)
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
