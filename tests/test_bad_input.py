@@ -149,3 +149,92 @@ def test_failed_write_leaves_no_partial_file(tmp_path, totalseg, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_volume(ct, tmp_path / "ct.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def _nifti_with_pixdim(tmp_path, name, pixdim, sform=False):
+    import struct
+
+    import nibabel as nib
+
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), np.diag([2.0, 1, 1, 1]) if sform else None), path)
+    raw = bytearray(path.read_bytes())
+    for n, v in enumerate(pixdim):  # pixdim[1..3] at byte 80 (nibabel would repair them on save)
+        struct.pack_into("<f", raw, 80 + 4 * n, v)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("pixdim, sform, shown", [((0.0, 1.0, 1.0), False, "pixdim[1] = 0"),
+                                                   ((-2.0, 1.0, 1.0), False, "pixdim[1] = -2"),
+                                                   ((2.0, -1.0, 1.0), True, "pixdim[2] = -1")])
+def test_nifti_zero_or_negative_pixdim_is_refused(tmp_path, capsys, pixdim, sform, shown):
+    """Before: pixdim 0 was read as 1 mm, and a negative pixdim gave an output mirrored against its input."""
+    path = _nifti_with_pixdim(tmp_path, "q.nii", pixdim, sform)
+    _convert_fails(tmp_path, capsys, path, shown)
+
+
+def test_4d_with_one_time_point_reads_as_3d(tmp_path):
+    """Decided: a 4D file holding one time point is its 3D volume (with a note), in every format."""
+    import SimpleITK as sitk
+
+    arr = np.arange(64, dtype=np.int16).reshape(4, 4, 4)
+    vol = read_volume(_save(tmp_path, "t1.nii.gz", arr.reshape(4, 4, 4, 1)))
+    assert vol.shape == (4, 4, 4) and np.array_equal(vol.array, arr)
+    img3 = sitk.GetImageFromArray(arr.transpose(2, 1, 0))
+    img3.SetSpacing([2.0, 3.0, 4.0])
+    img = sitk.JoinSeries([img3])  # size [4, 4, 4, 1]
+    assert img.GetDimension() == 4
+    sitk.WriteImage(img, str(tmp_path / "t1.nrrd"))
+    vol = read_volume(tmp_path / "t1.nrrd")
+    assert vol.shape == (4, 4, 4) and np.array_equal(vol.array, arr) and vol.spacing.tolist() == [2.0, 3.0, 4.0]
+    assert "single time point" in vol.meta["notes"][0]
+
+
+def _multiframe(tmp_path, pydicom_data, **changes):
+    import pydicom
+
+    ds = pydicom.dcmread(pydicom_data / "rtdose.dcm")
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    path = tmp_path / "mf.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_colour_multiframe_dicom_is_refused(tmp_path, capsys, pydicom_data):
+    """Before: a colour multi-frame DICOM became grey with a made-up geometry."""
+    import pydicom
+
+    src = pydicom.dcmread(pydicom_data / "color3d_jpeg_baseline.dcm") if (pydicom_data / "color3d_jpeg_baseline.dcm").exists() else None
+    if src is not None:
+        _convert_fails(tmp_path, capsys, pydicom_data / "color3d_jpeg_baseline.dcm", "colour DICOM")
+    path = _multiframe(tmp_path, pydicom_data, PhotometricInterpretation="RGB")
+    _convert_fails(tmp_path, capsys, path, "colour DICOM image (RGB")
+
+
+def test_multiframe_without_geometry_is_refused(tmp_path, capsys, pydicom_data):
+    path = _multiframe(tmp_path, pydicom_data, ImagePositionPatient=None)
+    _convert_fails(tmp_path, capsys, path, "without patient geometry")
+
+
+def test_blank_series_uid_is_listed_and_choosable(tmp_path, capsys, totalseg, pydicom_data):
+    import pydicom
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    files = sorted((totalseg / "example_ct_dicom").iterdir())[:3]
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"  # the shared series' own UID is blank (anonymised)
+        ds.save_as(folder / f.name)
+    for f in sorted((totalseg / "example_ct_dicom").iterdir())[3:6]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    rc = main(["info", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'blank SeriesInstanceUID: choose it with --series-uid ""' in err
+    assert main(["info", str(folder), "--series-uid", ""]) == 0
+    assert "3" in capsys.readouterr().out

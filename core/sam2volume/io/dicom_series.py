@@ -55,7 +55,19 @@ def _scan(folder: Path) -> list[_Header]:
 def _describe(uid: str, items: list[_Header]) -> str:
     ds = items[0].ds
     desc = str(getattr(ds, "SeriesDescription", "")).strip() or "no description"
-    return f"  {uid}  ({getattr(ds, 'Modality', '?')}, {len(items)} files, {desc})"
+    shown = uid if uid.strip() else '""  (blank SeriesInstanceUID: choose it with --series-uid "")'
+    return f"  {shown}  ({getattr(ds, 'Modality', '?')}, {len(items)} files, {desc})"
+
+
+def check_grey(ds, where: Path) -> None:
+    """Colour DICOM would silently become grey: refuse it, naming what it is."""
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise InputError(
+            f"{where}: a colour DICOM image ({photometric}, {samples} samples per pixel), not a CT/MR grey-value volume; "
+            "export the original grey-scale series"
+        )
 
 
 def read_dicom_folder(folder: Path, *, series_uid: str | None = None, allow_uneven_spacing: bool = False) -> Volume:
@@ -83,6 +95,7 @@ def read_dicom_folder(folder: Path, *, series_uid: str | None = None, allow_unev
 
 
 def _read_series(folder: Path, items: list[_Header], allow_uneven_spacing: bool) -> Volume:
+    check_grey(items[0].ds, folder)
     for h in items:
         if "ImagePositionPatient" not in h.ds or "ImageOrientationPatient" not in h.ds:
             raise InputError(f"{h.path}: DICOM image has no ImagePositionPatient/ImageOrientationPatient; cannot place it in 3D")
@@ -170,6 +183,13 @@ def read_dicom_file(path: Path) -> Volume:
         raise InputError(
             f"{path}: this is a single 2D DICOM image; a 3D volume is needed: pass the folder that holds "
             "the whole series instead of one file"
+        )
+    check_grey(ds, path)
+    placed = "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if not placed:
+        raise InputError(
+            f"{path}: a multi-frame DICOM without patient geometry (no ImagePositionPatient or functional groups), "
+            "e.g. a cine loop; its frames cannot be placed in 3D"
         )
     import SimpleITK as sitk
 

@@ -65,6 +65,8 @@ def read_volume(
             "DICOM files and DICOM series folders"
         )
     _check_gzip_intact(p)
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_spacing(p)
     image = _sitk_read(p)
     vol = volume_from_sitk(image, source=str(p))
     if not allow_non_finite:
@@ -89,6 +91,35 @@ def _check_gzip_intact(p: Path) -> None:
         ) from None
 
 
+def _check_nifti_spacing(p: Path) -> None:
+    """Refuse a NIfTI header whose voxel sizes (pixdim[1..3]) are zero, negative or not finite.
+
+    Readers 'repair' these differently (nibabel and ITK read 0 as 1 mm; a negative pixdim flips one
+    reader's axes but not the other's), so any output would silently have a made-up or mirrored geometry.
+    """
+    import nibabel as nib
+
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(p, "rb") as fh:
+            raw = fh.read(348)
+        header = nib.Nifti1Header(raw, check=False) if len(raw) == 348 else None
+    except Exception:  # not a NIfTI-1 header (NIfTI-2, garbage): leave it to ITK's reader and its errors
+        return
+    if header is None or header.sizeof_hdr != 348:
+        return
+    ndim = int(header["dim"][0])
+    pixdim = [float(v) for v in header["pixdim"][1 : 1 + min(max(ndim, 0), 3)]]
+    bad = [(n + 1, v) for n, v in enumerate(pixdim) if not np.isfinite(v) or v <= 0]
+    if bad:
+        listed = ", ".join(f"pixdim[{n}] = {v:g}" for n, v in bad)
+        raise InputError(
+            f"{p}: the NIfTI header gives voxel sizes {listed} (they must be positive mm); readers guess "
+            "differently here (1 mm, or a mirrored axis), so it is refused: fix the header, e.g. with nibabel "
+            "(img.header.set_zooms(...)) from the scanner's true spacing"
+        )
+
+
 def _sitk_read(p: Path) -> Any:
     import SimpleITK as sitk
 
@@ -109,6 +140,12 @@ def volume_from_sitk(image: Any, source: str = "volume", meta: dict[str, Any] | 
             f"{source}: this is a 2D image (size {size}); a 3D volume is needed, "
             "e.g. the folder of a whole DICOM series or a 3D NIfTI/NRRD file"
         )
+    if dim == 4 and size[3] == 1:
+        import SimpleITK as sitk
+
+        image = sitk.Extract(image, list(size[:3]) + [0], [0, 0, 0, 0])  # one time point: the 3D volume it holds
+        meta = dict(meta or {}, notes=["4D file with a single time point: read as its 3D volume"])
+        dim, size = 3, image.GetSize()
     if dim == 4:
         raise InputError(
             f"{source}: this is a 4D image (size {size}); pick one 3D volume first "
@@ -125,6 +162,9 @@ def volume_from_sitk(image: Any, source: str = "volume", meta: dict[str, Any] | 
         raise InputError(f"{source}: volume has a zero-size axis (size {size})")
     import SimpleITK as sitk
 
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(f"{source}: voxel spacing {tuple(spacing)} must be positive; fix the file's header")
     array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).copy()
     m = {"source": source}
     m.update(meta or {})
