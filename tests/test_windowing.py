@@ -38,3 +38,15 @@ def test_explicit_window_and_errors():
     with pytest.raises(InputError, match="positive"):
         Window.from_width_level(0, 3)
     assert percentile_window(np.zeros((3, 3))) == Window(0.0, 1.0)
+
+
+def test_ct_preset_on_mr_warns_and_says_what_was_used(totalseg):
+    """Before: a CT preset on an MR was used without a word (most of the image clipped)."""
+    import pytest
+
+    from sam2volume import read_volume
+
+    mr = read_volume(totalseg / "example_mr_sm.nii.gz")
+    with pytest.warns(UserWarning, match=r"preset 'abdomen' is for CT .* used it as asked. For MR use 'percentile'"):
+        w = choose_window(mr.array, mr.meta["modality"], preset="abdomen")
+    assert (w.low, w.high) == (-160.0, 240.0)

@@ -6,6 +6,8 @@ range of non-zero voxels. An explicit width/level overrides both.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,4 +82,15 @@ def choose_window(
         return percentile_window(array)
     if key not in CT_PRESETS:
         raise InputError(f"unknown window preset {preset!r}; choose one of {', '.join([*CT_PRESETS, 'percentile', 'auto'])}")
-    return Window.from_width_level(*CT_PRESETS[key])
+    window = Window.from_width_level(*CT_PRESETS[key])
+    looks_ct = array.size and float(array.min()) <= -500  # air in HU
+    if modality.upper() != "CT" and array.size and not (modality.lower() == "unknown" and looks_ct):
+        inside = float(np.mean((array >= window.low) & (array <= window.high)))
+        warnings.warn(
+            f"window preset {key!r} is for CT (Hounsfield units) but this image is {'not CT' if modality.lower() == 'unknown' else modality} "
+            f"(values {float(array.min()):g}..{float(array.max()):g}; {100 * inside:.0f} % of voxels fall inside "
+            f"{window.low:g}..{window.high:g} HU); used it as asked. For MR use 'percentile' (or 'auto')",
+            UserWarning,
+            stacklevel=2,
+        )
+    return window
