@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import CancelledError, InputError
-from .session_base import PropagationReport, SessionBase
+from .session_base import PropagationReport, SessionBase, SliceFn
 from .volume import Volume
 from .windowing import Window
 
@@ -217,6 +217,7 @@ class BaselineSession(SessionBase):
         stop_after: int | None = 3,
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | threading.Event | None = None,
+        on_slice: SliceFn | None = None,
     ) -> PropagationReport:
         """Same contract as :meth:`sam2volume.session.Session.propagate`."""
         labels, lo, hi, should_stop = self._plan(direction, objects, slice_range, stop_after, cancel)
@@ -262,6 +263,8 @@ class BaselineSession(SessionBase):
                     conds = self._cond[label]
                     reached = s <= max(conds) if reverse else s >= min(conds)
                     absent = absent + 1 if reached else 0  # not stopped before its own prompt
+                if on_slice is not None:
+                    on_slice(s, [label])
                 if progress is not None:
                     progress(done, total)
                 if stop_after is not None and absent >= stop_after:

@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p)
     p.set_defaults(func=cmd_convert)
 
-    from . import cli_evaluate, cli_segment  # import nothing heavy
+    from . import cli_evaluate, cli_segment, cli_serve  # import nothing heavy
 
     cli_segment.register(sub)
     cli_evaluate.register(sub)
+    cli_serve.register(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import CancelledError, InputError, Sam2VolumeError
-from .session_base import DIRECTIONS, ProgressFn, PropagationReport, SessionBase, SessionObject
+from .session_base import DIRECTIONS, ProgressFn, PropagationReport, SessionBase, SessionObject, SliceFn
 from .volume import Volume
 from .windowing import Window
 
@@ -280,6 +280,7 @@ class Session(SessionBase):
         stop_after: int | None = 3,
         progress: ProgressFn | None = None,
         cancel: Callable[[], bool] | threading.Event | None = None,
+        on_slice: SliceFn | None = None,
     ) -> PropagationReport:
         """Track objects from their prompted slices through the volume.
 
@@ -290,6 +291,8 @@ class Session(SessionBase):
           this many consecutive slices (masks then do not leak past the organ); ``None`` tracks to the end.
         * ``progress(done, total)`` is called after each slice; ``cancel()`` (or a set Event) stops
           cleanly between slices, keeping what was done, and raises :class:`CancelledError`.
+        * ``on_slice(slice, labels)`` is called after each slice with the objects computed there
+          (the engine server streams those masks; :meth:`frame_mask` reads them).
         """
         labels, lo, hi, should_stop = self._plan(direction, objects, slice_range, stop_after, cancel)
 
@@ -332,6 +335,7 @@ class Session(SessionBase):
                         raise CancelledError(f"propagation cancelled at slice {frame_idx}; results so far are kept")
                     if not active:
                         break
+                    ran = sorted(active)
                     with self._model_call(f"propagating (slice {frame_idx})"):
                         for label in sorted(active):
                             present = self._track_one(label, idx_of[label], frame_idx, reverse)
@@ -346,6 +350,8 @@ class Session(SessionBase):
                                 self._clear_until_next_prompt(label, frame_idx, reverse, lo, hi, cond[label])
                     report.slices_run += 1
                     done += 1
+                    if on_slice is not None:
+                        on_slice(frame_idx, ran)
                     if progress is not None:
                         progress(done, total)
                     if bar is not None:

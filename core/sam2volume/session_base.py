@@ -20,6 +20,7 @@ from .volume import CANONICAL, Volume
 from .windowing import Window, choose_window
 
 ProgressFn = Callable[[int, int], None]
+SliceFn = Callable[[int, list[int]], None]  #: on_slice(slice, labels computed there)
 DIRECTIONS = ("both", "forward", "backward")
 
 
@@ -282,6 +283,10 @@ class SessionBase:
         """Object ``label``'s mask logits on slice ``s`` (frame layout), or None if not computed."""
         t = self._logits.get(label, {}).get(s)
         return None if t is None else self._logits_to_frame(t)
+
+    def computed_slices(self, label: int) -> list[int]:
+        """The slices where object ``label`` has a result (prompted, tracked and not cleared)."""
+        return sorted(self._logits.get(label, {}))
 
     def frame_mask(self, label: int, s: int) -> np.ndarray:
         lg = self.frame_logits(label, s)

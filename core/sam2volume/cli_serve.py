@@ -1,0 +1,50 @@
+"""``sam2volume serve``: the engine server (FastAPI + uvicorn), loopback unless given a token."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the engine server that RemoteSession, Slicer and --server talk to")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; any other needs --token-file)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port, reported in --ready-file)")
+    p.add_argument("--token-file", help="file holding the token clients must send (required beyond loopback)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (all sessions share it)")
+    p.add_argument("--model", action="append", default=[], help="registry model clients may use (repeat; the first is the default)")
+    p.add_argument("--checkpoint", help="a custom checkpoint on this machine, served as model 'custom' (with --config)")
+    p.add_argument("--config", dest="config_file", help="SAM2 config for --checkpoint")
+    p.add_argument("--preload", action="store_true", help="build the default model before listening")
+    p.add_argument("--allow-random-weights", action="store_true", help="serve random-weight models (tests and benchmarks only)")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="compressed size of one volume upload")
+    p.add_argument("--max-voxels", type=int, default=512 * 512 * 2048, help="voxels of one volume")
+    p.add_argument("--max-stored-mb", type=float, default=8192.0, help="uploaded volumes held at once")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="size of one JSON request")
+    p.add_argument("--idle-timeout", type=float, default=900.0, help="seconds before an untouched session is closed")
+    p.add_argument("--volume-ttl", type=float, default=300.0, help="seconds an uploaded volume no session uses is kept")
+    p.add_argument("--reaper-interval", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", help="write {url, pid} here (atomically) once listening")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .server.config import ServerConfig, check_bind, read_token_file
+    from .server.run import serve
+
+    token = read_token_file(args.token_file) if args.token_file else None
+    check_bind(args.host, token)  # before anything heavy
+    mb = 1 << 20
+    config = ServerConfig(
+        token=token, device=args.device, models=args.model, checkpoint=args.checkpoint, config_file=args.config_file,
+        allow_random_weights=args.allow_random_weights, preload=args.preload, max_sessions=args.max_sessions,
+        max_upload_bytes=int(args.max_upload_mb * mb), max_voxels=args.max_voxels, max_stored_bytes=int(args.max_stored_mb * mb),
+        max_body_bytes=int(args.max_body_mb * mb), idle_timeout_s=args.idle_timeout, volume_ttl_s=args.volume_ttl,
+        reaper_interval_s=args.reaper_interval,
+    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(config, args.host, args.port, ready_file=args.ready_file, log_level=args.log_level)
+    return 0

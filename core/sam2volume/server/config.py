@@ -1,0 +1,71 @@
+"""The server's settings: what it serves, on which device, and the limit on every size."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+TOKEN_HOWTO = (
+    "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\" > sam2volume.token && "
+    "chmod 600 sam2volume.token, then start with --token-file sam2volume.token and give clients the same token "
+    "(--token-file or SAM2VOLUME_TOKEN)"
+)
+
+
+@dataclass
+class ServerConfig:
+    token: str | None = None
+    device: str = "auto"
+    models: list[str] = field(default_factory=list)  #: registry names clients may ask for (first: default)
+    checkpoint: str | None = None  #: a custom model, named "custom", from the server's own files
+    config_file: str | None = None
+    allow_random_weights: bool = False  #: tests and benchmarks only
+    preload: bool = False  #: build the default model at start-up
+    max_sessions: int = 16
+    max_upload_bytes: int = 1 << 30  #: compressed bytes of one volume upload
+    max_voxels: int = 512 * 512 * 2048  #: voxels of one volume
+    max_stored_bytes: int = 8 << 30  #: uploaded volumes held at once (decompressed)
+    max_body_bytes: int = 16 << 20  #: a JSON request
+    idle_timeout_s: float = 900.0  #: a session nobody touched for this long is closed
+    volume_ttl_s: float = 300.0  #: an uploaded volume no session uses is kept this long (re-opening skips the upload)
+    reaper_interval_s: float = 5.0
+    max_wait_s: float = 10.0  #: longest long-poll of job events
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_upload_bytes", "max_voxels", "max_stored_bytes", "max_body_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("idle_timeout_s", "volume_ttl_s", "reaper_interval_s", "max_wait_s"):
+            if not float(getattr(self, name)) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        if (self.checkpoint is None) != (self.config_file is None):
+            raise InputError("a custom model needs both --checkpoint FILE.pt and --config FILE.yaml")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token."""
+    if not token and not is_loopback(host):
+        raise InputError(f"refusing to listen on {host} without a token: anyone who can reach it could use the server; {TOKEN_HOWTO}")
+
+
+def read_token_file(path: str) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"token file {path} does not exist; {TOKEN_HOWTO}")
+    token = p.read_text(encoding="utf-8").strip()
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise InputError(f"token file {path} must hold one token of at least 16 characters without spaces; {TOKEN_HOWTO}")
+    return token

@@ -1,0 +1,156 @@
+"""A session as the server hosts it (engine session, locks, idle clock) and its propagation jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Iterator
+
+from ..errors import CancelledError, Sam2VolumeError
+from .store import Busy
+from .wire import pack_mask
+
+log = logging.getLogger("sam2volume.server")
+
+
+class HostedSession:
+    """One client's engine session; every call on it is serialised, model calls also per device."""
+
+    def __init__(self, sid: str, engine: str, session: Any, device_lock: Any, volume_id: str, release: Any):
+        self.id = sid
+        self.engine = engine
+        self.session = session
+        self.device_lock = device_lock  # a FairLock for SAM2, None for the baseline (no model)
+        self.volume_id = volume_id
+        self._release = release
+        self.lock = threading.Lock()
+        self.job: Job | None = None
+        self.last_used = time.monotonic()
+        self.closed = False
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[Any]:
+        """Run one request's work on the engine session (refused while a propagation runs)."""
+        with self.lock:
+            if self.closed:
+                raise Busy("this session was closed")
+            if self.job is not None and not self.job.done:
+                raise Busy(f"propagation job {self.job.id} is running on this session; wait for it or cancel it first")
+            with self.device_lock or contextlib.nullcontext():
+                yield self.session
+        self.touch()
+
+    def start_job(self, **kwargs: Any) -> "Job":
+        with self.lock:
+            if self.closed:
+                raise Busy("this session was closed")
+            if self.job is not None and not self.job.done:
+                raise Busy(f"propagation job {self.job.id} is already running on this session; wait for it or cancel it first")
+            self.job = Job(self, kwargs)
+        self.job.start()
+        return self.job
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            job = self.job
+        if job is not None:
+            job.cancel_event.set()
+        self.session = None  # the engine session (frames, features, results) goes with its last reference
+        self._release(self.volume_id)
+
+
+class Job:
+    """A propagation on a worker thread; events (one per finished slice) wait in a list for the client.
+
+    Events the client has acknowledged (``after=N`` on a poll) are dropped, so memory is bounded by
+    how far the client lags, not by the volume's length.
+    """
+
+    def __init__(self, hosted: HostedSession, kwargs: dict[str, Any]):
+        self.id = secrets.token_urlsafe(12)
+        self.session = hosted
+        self.kwargs = kwargs
+        self.cancel_event = threading.Event()
+        self._cond = threading.Condition()
+        self._events: list[dict[str, Any]] = []
+        self._base = 0  # index of self._events[0]
+        self.progress = (0, 0)
+        self.done = False
+        self.report: dict[str, Any] | None = None
+        self.error: tuple[str, str] | None = None
+        self.present: dict[str, list[int]] = {}
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name=f"sam2volume-job-{self.id[:6]}", daemon=True).start()
+
+    def _run(self) -> None:
+        hosted = self.session
+        session = hosted.session
+        lock = hosted.device_lock
+
+        def on_slice(s: int, labels: list[int]) -> None:
+            masks = {str(label): pack_mask(session.frame_mask(label, s)) for label in labels}
+            with self._cond:
+                self._events.append({"slice": int(s), "masks": masks})
+                self._cond.notify_all()
+
+        def progress(done: int, total: int) -> None:
+            with self._cond:
+                self.progress = (done, total)
+                self._cond.notify_all()
+            if lock is not None:
+                lock.yield_to_waiters()
+
+        t0 = time.perf_counter()
+        try:
+            if session is None:
+                raise CancelledError("the session was closed before the propagation started")
+            with lock or contextlib.nullcontext():
+                report = session.propagate(**self.kwargs, progress=progress, cancel=self.cancel_event, on_slice=on_slice)
+            self.report = {"slices_run": report.slices_run, "cancelled": report.cancelled,
+                           "stopped": {str(k): v for k, v in asdict(report)["stopped"].items()}}
+        except Sam2VolumeError as exc:
+            self.error = (type(exc).__name__, str(exc))
+        except Exception:
+            log.exception("propagation job %s failed", self.id)
+            self.error = ("InternalError", "the propagation failed inside the server (see the server log)")
+        finally:
+            present = {}
+            if session is not None:
+                present = {str(label): session.computed_slices(label) for label in list(session.objects)}
+            with self._cond:
+                self.present = present
+                self.done = True
+                self._cond.notify_all()
+            log.info("job %s done in %.2f s: %s", self.id[:8], time.perf_counter() - t0, self.error[0] if self.error else "ok")
+
+    def events(self, after: int, wait: float) -> dict[str, Any]:
+        """Events from number ``after`` on, waiting up to ``wait`` s for one (a long poll)."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            drop = min(max(0, after - self._base), len(self._events))
+            if drop:
+                del self._events[:drop]
+                self._base += drop
+            while not self.done and self._base + len(self._events) <= after:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            start = max(0, after - self._base)
+            out = {"events": self._events[start:], "first": self._base + start, "next": self._base + len(self._events),
+                   "progress": list(self.progress), "done": self.done}
+            if self.done and out["next"] == out["first"] + len(out["events"]):
+                out.update(report=self.report, present=self.present,
+                           error=None if self.error is None else {"type": self.error[0], "message": self.error[1]})
+        return out

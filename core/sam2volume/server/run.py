@@ -1,0 +1,65 @@
+"""Start the server: bind the socket first (``--port 0`` picks a free port), then hand it to uvicorn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from .config import ServerConfig, check_bind
+
+log = logging.getLogger("sam2volume.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        from ..errors import InputError
+
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port (0: any free one)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, *, ready_file: str | None = None,
+          log_level: str = "info", on_ready: Any = None) -> None:
+    """Run until interrupted. ``ready_file`` gets ``{"url", "pid"}`` (atomically) once it listens."""
+    import uvicorn
+
+    from .app import create_app
+
+    check_bind(host, config.token)
+    sock = bind(host, port)
+    url = url_of(sock)
+    app = create_app(config)
+
+    def ready() -> None:
+        if ready_file:
+            from ..io.atomic import write_text_atomic
+
+            write_text_atomic(Path(ready_file), json.dumps({"url": url, "pid": os.getpid()}))
+        log.info("sam2volume server listening on %s (token %s)", url, "required" if config.token else "off: loopback only")
+        if on_ready is not None:
+            on_ready(url)
+
+    app.state.on_ready = ready
+    uconfig = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30, server_header=False, lifespan="on")
+    server = uvicorn.Server(uconfig)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,74 @@
+"""Helpers for the engine-server tests: real servers as subprocesses on 127.0.0.1, raw HTTP requests."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+import urllib.parse
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def local_server(*args: str, random_weights: bool = False) -> Iterator[Any]:
+    """A real ``sam2volume serve`` process on loopback (CPU), stopped afterwards."""
+    from sam2volume.client import start_local_server
+
+    server = start_local_server(device="cpu", allow_random_weights=random_weights, engine_args=args, timeout=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def raw(server: Any, method: str, path: str, body: Any = None, *, token: Any = True, headers: dict[str, str] | None = None,
+        timeout: float = 30.0) -> tuple[int, Any]:
+    """One request with http.client; returns (status, parsed JSON or raw bytes)."""
+    parts = urllib.parse.urlsplit(server.url)
+    assert parts.hostname == "127.0.0.1"  # loopback only
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if token is True:
+        token = server.token
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(data) if data else None
+    except ValueError:
+        return resp.status, data
+
+
+def stats(server: Any) -> dict[str, Any]:
+    status, out = raw(server, "GET", "/v1/stats")
+    assert status == 200, out
+    return out
+
+
+def wait_for(pred: Any, timeout: float, step: float = 0.1) -> bool:
+    """Poll ``pred()`` until true or ``timeout`` s pass (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def big_ct(ct: Any, inplane: int = 4, tiles: int = 4) -> Any:
+    """The real CT enlarged (each voxel repeated in-plane, slices tiled) for long propagations."""
+    from sam2volume import Volume
+
+    arr = np.repeat(np.repeat(ct.array, inplane, axis=0), inplane, axis=1)
+    arr = np.concatenate([arr] * tiles, axis=2)
+    return Volume(arr, ct.spacing / np.array([inplane, inplane, 1.0]), ct.origin, ct.direction, {"modality": "CT"})

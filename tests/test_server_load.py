@@ -1,0 +1,65 @@
+"""Bounded load on loopback: 8 concurrent clients, 20 prompts and one propagation each (baseline engine)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from sam2volume import read_volume
+from sam2volume.baseline import BaselineSession
+from sam2volume.client import RemoteSession
+
+from server_helpers import local_server, stats, wait_for
+
+CLIENTS, PROMPTS = 8, 20
+
+
+def _prompts(ct, n, seed):
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array([20, 20, 3]), np.array(ct.shape) - np.array([20, 20, 3])
+    return [rng.integers(lo, hi).tolist() for _ in range(n)]
+
+
+def _round(server, ct):
+    """CLIENTS threads, each its own session: PROMPTS prompts, one propagation, the result (bounded joins)."""
+    errors, results = [], {}
+    barrier = threading.Barrier(CLIENTS, timeout=60)
+
+    def client(n):
+        try:
+            with RemoteSession(server.url, ct, engine="baseline", token=server.token, timeout=60) as s:
+                barrier.wait()
+                masks = [s.add_points(1 + i % 3, [p]) for i, p in enumerate(_prompts(ct, PROMPTS, n))]
+                rep = s.propagate("both")
+                results[n] = (masks, rep, s.result().array)
+        except Exception as exc:  # collected, asserted by the caller
+            errors.append(f"client {n}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert sorted(results) == list(range(CLIENTS))
+    return results
+
+
+def test_eight_clients(totalseg):
+    ct = read_volume(totalseg / "example_ct_sm.nii.gz")
+    with local_server("--volume-ttl", "0.5", "--reaper-interval", "0.2", "--max-sessions", "16") as server:
+        _round(server, ct)  # warm-up: imports, first-use caches and the server's worker threads
+        assert wait_for(lambda: stats(server)["sessions"] == 0 and stats(server)["volumes"] == 0, 20)
+        before = stats(server)["rss_bytes"]
+        results = _round(server, ct)
+        for n in (0, CLIENTS - 1):  # each client got its own session's answers
+            local = BaselineSession(ct)
+            masks = [local.add_points(1 + i % 3, [p]) for i, p in enumerate(_prompts(ct, PROMPTS, n))]
+            assert all(np.array_equal(a, b) for a, b in zip(masks, results[n][0]))
+            assert local.propagate("both") == results[n][1]
+            assert np.array_equal(local.result().array, results[n][2])
+        assert wait_for(lambda: stats(server)["sessions"] == 0 and stats(server)["volumes"] == 0, 20)
+        # memory back within a few MB of where it was before the second round
+        assert wait_for(lambda: stats(server)["rss_bytes"] < before + 4 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"])
