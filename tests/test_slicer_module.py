@@ -1,17 +1,13 @@
-"""The Slicer module's parts that run without Slicer: geometry, view -> axis, changed-slice write-back,
-the worker thread, and the consistency of the .ui file and the CMake lists with the code.
-
-Slicer's own conventions are reproduced from its source: ``arrayFromVolume`` is indexed [k, j, i];
-a volume's IJK-to-RAS matrix is nibabel's affine; the default slice views' SliceToRAS rotations are
-Red (axial) [[-1,0,0],[0,1,0],[0,0,1]], Yellow (sagittal) [[0,0,1],[-1,0,0],[0,1,0]] and Green
-(coronal) [[-1,0,0],[0,0,1],[0,1,0]] (vtkMRMLSliceNode::SetOrientationToAxial/Sagittal/Coronal).
+"""The Slicer module's geometry (plain numpy, with real slice nodes from slicer-core for the views), the
+developer install, the dependency list, and the consistency of the .ui file and the CMake lists with
+the code. The logic, controller and write-back are tested on Slicer's libraries in test_slicer_logic.py.
 """
 
 import ast
+import os
 import re
+import subprocess
 import sys
-import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,25 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SegmentWithSAM2"
 sys.path.insert(0, str(MODULE))
 
+import slicer_scene as sc  # noqa: E402
 from SegmentWithSAM2Lib import dependencies  # noqa: E402
-from SegmentWithSAM2Lib.controller import SegmentationController  # noqa: E402
 from SegmentWithSAM2Lib.geometry import changed_runs, view_slice, volume_from_slicer, world_to_ijk  # noqa: E402
-from SegmentWithSAM2Lib.worker import Job, Worker  # noqa: E402
 
 from sam2volume import InputError, read_labelmap, read_volume  # noqa: E402
 
-ROTATIONS = {
-    "Red": np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 1]], float),
-    "Yellow": np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]], float),
-    "Green": np.array([[-1, 0, 0], [0, 0, 1], [0, 1, 0]], float),
-}
-
-
 def slice_to_ras(view, centre_ras):
-    m = np.eye(4)
-    m[:3, :3] = ROTATIONS[view]
-    m[:3, 3] = centre_ras
-    return m
+    """SliceToRAS of a real slice node of this view (slicer-core), centred on ``centre_ras``."""
+    import slicer
+
+    return slicer.util.arrayFromVTKMatrix(sc.slice_node(view, centre_ras).GetSliceToRAS())
+
+
+@pytest.fixture(autouse=True)
+def scene():
+    return sc.fresh_scene()
 
 
 def rotation(axis, degrees, shift=(0, 0, 0)):
@@ -116,99 +109,6 @@ def test_changed_runs():
     assert changed_runs(new, new, 1) == []
 
 
-def apply(target_kji, updates):
-    """Test double for Slicer's write-back (SetBinaryLabelmapToSegment with MODE_REPLACE over the slab extent)."""
-    for u in updates:
-        index = [slice(None)] * 3
-        index[2 - u.voxel_axis] = slice(u.first, u.last + 1)  # [k, j, i] order
-        target_kji[u.segment_id][tuple(index)] = u.mask_kji
-
-
-def test_controller_prompts_propagates_corrects_and_writes_only_changed_slices(totalseg):
-    ct = read_volume(totalseg / "example_ct_sm.nii.gz")
-    lab = read_labelmap(totalseg / "example_seg.nii.gz", reference=ct)
-    array_kji, ijk_to_ras = as_slicer(ct)
-    before = array_kji.copy()
-    liver = lab.array == 5
-    k = 14
-    ii, jj = np.nonzero(liver[:, :, k])
-    corners = [(ijk_to_ras @ [i, j, k, 1])[:3] for i, j in ((ii.min(), jj.min()), (ii.max(), jj.max()))]
-    ctrl = SegmentationController(array_kji, ijk_to_ras, engine="baseline", window="abdomen", modality="CT")
-    u = ctrl.add_box("Segment_1", corners[0], corners[1], slice_to_ras("Red", corners[0]))
-    assert (u.voxel_axis, u.first, u.last) == (2, k, k) and u.mask_kji.shape == (1, ct.shape[1], ct.shape[0])
-    overlap = np.logical_and(u.mask_kji[0].T, liver[:, :, k]).sum() / liver[:, :, k].sum()
-    assert overlap > 0.8  # the 2D mask is on the liver, in Slicer's array layout
-    written = {"Segment_1": np.zeros(array_kji.shape, bool)}
-    apply(written, [u])
-    updates = ctrl.propagate("both", stop_after=3)
-    assert updates and all(x.voxel_axis == 2 for x in updates)
-    assert not any(x.first <= k <= x.last for x in updates)  # the prompted slice did not change again
-    apply(written, updates)
-    assert np.array_equal(written["Segment_1"], (ctrl.session.result().array == 1).transpose(2, 1, 0))
-    # a correction far from the prompt: only slices near it may change
-    far = 20
-    bad = np.argwhere(written["Segment_1"][far].T & ~liver[:, :, far])
-    if len(bad):
-        i, j = bad[len(bad) // 2]
-        p = (ijk_to_ras @ [i, j, far, 1])[:3]
-        apply(written, [ctrl.add_points("Segment_1", [p], [False], slice_to_ras("Red", p))])
-        fixes = ctrl.propagate("forward")
-        assert all(x.first >= far for x in fixes)
-        apply(written, fixes)
-        assert np.array_equal(written["Segment_1"], (ctrl.session.result().array == 1).transpose(2, 1, 0))
-    # the same clicks under a parent transform give the same result
-    parent = rotation("S", 25, (5, 9, -3))
-    ctrl2 = SegmentationController(array_kji, ijk_to_ras, engine="baseline", window="abdomen", modality="CT")
-    w = [(parent @ np.r_[c, 1])[:3] for c in corners]
-    u2 = ctrl2.add_box("Segment_1", w[0], w[1], slice_to_ras("Red", w[0]) @ np.eye(4), np.linalg.inv(parent))
-    assert np.array_equal(u2.mask_kji, u.mask_kji)
-    # a second segment is a second object; prompts in another orientation are refused with the fix
-    with pytest.raises(InputError, match="axial views.*Reset"):
-        ctrl.add_points("Segment_2", [corners[0]], [True], slice_to_ras("Green", corners[0]))
-    with pytest.raises(InputError, match="no prompts yet"):
-        ctrl.propagate(segment_ids=["Segment_9"])
-    assert np.array_equal(array_kji, before)  # the input volume is never modified
-
-
-def test_worker_runs_jobs_on_one_thread_and_survives_failures(totalseg):
-    worker = Worker()
-    seen, errors, progress = [], [], []
-    try:
-        for n in range(3):
-            worker.submit(Job(lambda n=n: (n, threading.get_ident()), on_done=seen.append))
-
-        def boom():
-            raise MemoryError("CUDA out of memory")
-
-        worker.submit(Job(boom, on_error=lambda msg, exc: errors.append(msg), name="propagate"))
-        worker.submit(Job(lambda: "after", on_done=seen.append))
-
-        def slow(progress=None, cancel=None):
-            for i in range(200):
-                if cancel.is_set():
-                    return "cancelled"
-                progress(i + 1, 200)
-                time.sleep(0.01)
-            return "finished"
-
-        worker.submit(Job(slow, on_done=seen.append, on_progress=lambda d, t: progress.append(d)))
-        deadline = time.time() + 20
-        while time.time() < deadline and not progress:
-            worker.poll()
-            time.sleep(0.01)
-        worker.cancel_all()
-        while time.time() < deadline and (worker.busy or len(seen) < 5):
-            worker.poll()
-            time.sleep(0.01)
-        worker.poll()
-        assert [s[0] for s in seen[:3]] == [0, 1, 2] and len({s[1] for s in seen[:3]}) == 1
-        assert seen[0][1] == worker.thread_id != threading.get_ident()  # model work off the GUI thread
-        assert seen[3] == "after" and seen[4] == "cancelled" and progress
-        assert "out of memory" in errors[0] and errors[0].startswith("propagate")
-    finally:
-        worker.stop()
-
-
 def _module_source():
     return (MODULE / "SegmentWithSAM2.py").read_text()
 
@@ -250,9 +150,38 @@ def test_cmake_lists_every_module_file_and_resource():
         assert (MODULE / sub).is_file()
 
 
-def test_dependencies_are_the_ones_the_project_installs():
-    assert dependencies.missing() == []  # everything the module needs is importable here
+def test_dependencies_are_the_ones_the_project_installs_with_bounds():
+    assert dependencies.problems(dependencies.PACKAGES) == []  # everything local mode needs is usable here
+    assert dependencies.needed("remote", "sam2") == []  # remote mode: no torch in Slicer
+    assert dependencies.TORCH not in dependencies.needed("local", "baseline")
     setup = (ROOT / "scripts/setup_env.sh").read_text()
-    sam2_req = next(req for name, req, _ in dependencies.PACKAGES if name == "sam2")
-    assert f'"{sam2_req}"' in setup
-    assert "torchvision" not in " ".join(req for _, req, _ in dependencies.PACKAGES)
+    sam2 = next(p for p in dependencies.PACKAGES if p.module == "sam2")
+    assert f'"{sam2.requirement}"' in setup and sam2.options == "--no-deps"
+    assert all(any(op in p.requirement for op in (">=", "==")) for p in dependencies.PACKAGES)  # version bounds
+    assert "torchvision" not in " ".join(p.requirement for p in dependencies.PACKAGES)
+    fake = dependencies.Package("numpy", "numpy<1")  # installed, but outside the bounds
+    assert dependencies.problems([fake])[0][1].startswith("version")
+    source = (MODULE / "SegmentWithSAM2.py").read_text()
+    enter = source[source.index("    def enter(self)"):source.index("    def exit(self)")]
+    assert "checkDependencies" in enter  # checked on module entry ...
+    for handler in ("onPromptPlaced", "onPropagate"):  # ... never inside a click handler
+        body = source[source.index(f"    def {handler}("):]
+        body = body[:body.index("\n    def ", 10)]
+        assert "checkDependencies" not in body and "install" not in body
+
+
+def test_developer_install_with_only_the_module_folder_imports_sam2volume_from_core(tmp_path):
+    """Bug 9: adding core/ to Slicer's module paths never put it on sys.path. Slicer puts the module's
+    folder on sys.path; here a Python without site's .pth files (so without the editable install of
+    sam2volume) gets only that folder and the site-packages, and imports the module's logic."""
+    import sysconfig
+
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
+        "import SegmentWithSAM2Lib.logic, sam2volume; print(sam2volume.__file__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(MODULE), sysconfig.get_paths()["purelib"]],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip()).resolve() == (ROOT / "core/sam2volume/__init__.py").resolve()

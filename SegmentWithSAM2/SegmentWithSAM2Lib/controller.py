@@ -1,28 +1,31 @@
-"""The module's GUI-free core: segments <-> session objects, prompts from views, changed-slice updates.
+"""The module's engine-facing core: segments <-> session objects, prompts from views, slice updates.
 
 No Slicer import: the Slicer logic hands it arrays and 4x4 matrices and writes back the
-:class:`SliceUpdate` slabs it returns, so all of this is tested outside Slicer on real volumes.
-One controller per (volume, segmentation); one sam2volume session (SAM2 or the classical baseline)
-whose axis is set by the view of the first prompt.
+:class:`SliceUpdate` slabs it returns. One controller per (volume, segmentation node); inside it each
+segment id is one session object, so objects are keyed by (volume, segmentation, segment). The
+session comes from a factory (a :class:`sam2volume.client.RemoteSession` on the engine server in
+Slicer; any object with the ``Session`` interface in tests) and its axis is set by the view of the
+first prompt. Every prompt is kept in a log, so that a moved or deleted point, or a change of
+engine settings, replays the prompts instead of dropping them.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from sam2volume import InputError, Volume
-from sam2volume.windowing import Window, choose_window
 
-from .geometry import changed_runs, view_slice, volume_from_slicer, world_to_ijk
+from .geometry import check_on_slice, view_slice, volume_from_slicer, world_to_ijk
+
+SessionFactory = Callable[[Volume, str], Any]  # (volume, axis) -> a session with sam2volume's Session interface
 
 
 @dataclass
 class SliceUpdate:
-    """Write ``mask`` (bool, array order [k, j, i] as Slicer's arrays) into slices first..last along
+    """Write ``mask_kji`` (bool, Slicer's [k, j, i] order) into volume slices first..last along
     ``voxel_axis`` (0 = i, 1 = j, 2 = k) of segment ``segment_id``; nothing else changes."""
 
     segment_id: str
@@ -32,47 +35,69 @@ class SliceUpdate:
     mask_kji: np.ndarray
 
 
+@dataclass
+class Prompt:
+    segment_id: str
+    kind: str  # "points" | "box" | "mask"
+    ijk: np.ndarray | None = None  # (N, 3) voxel indices (a box: two corners), on one slice
+    labels: list[int] | None = None  # points: 1 positive, 0 negative
+    mask: np.ndarray | None = None  # mask prompts: 2D frame
+    slice: int = -1  # the session's slice
+    key: Any = None  # the markup that made it, e.g. (node id, control point id)
+
+
+@dataclass
+class InlineJob:
+    """Propagation of an in-process session (test doubles of the server aside, only the Python console
+    and the tests use one): it runs to the end inside the first :meth:`poll`, on the caller's thread.
+    Slicer's GUI always talks to an engine server, whose jobs return at once."""
+
+    session: Any
+    kwargs: dict
+    finished: bool = False
+    report: Any = None
+    error: BaseException | None = None
+    progress: tuple[int, int] = (0, 0)
+    _cancel: bool = field(default=False, repr=False)
+
+    def poll(self) -> list:
+        if not self.finished:
+            try:
+                self.report = self.session.propagate(**self.kwargs, progress=self._progress, cancel=lambda: self._cancel)
+            except Exception as exc:  # noqa: BLE001 - reported through .error like a server job
+                self.error = exc
+            self.finished = True
+        return []
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress = (done, total)
+
+    def cancel(self) -> None:
+        self._cancel = True
+
+
 class SegmentationController:
-    def __init__(
-        self,
-        array_kji: np.ndarray,
-        ijk_to_ras: np.ndarray,
-        *,
-        engine: str = "sam2",
-        config: Any = None,
-        window: str | None = None,
-        modality: str = "unknown",
-        predictor: Any = None,
-        name: str = "volume",
-    ):
+    def __init__(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, session_factory: SessionFactory, *,
+                 name: str = "volume", modality: str = "unknown"):
         # the input volume is never modified: the session windows its own copy of the frames
         self.volume: Volume = volume_from_slicer(np.array(array_kji, copy=True), ijk_to_ras, name=name, modality=modality)
         self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64).reshape(4, 4)
-        if engine not in ("sam2", "baseline"):
-            raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
-        self.engine, self.config, self.predictor = engine, config, predictor
-        self.window: Window = choose_window(self.volume.array, modality, preset=window)
+        self.factory = session_factory
         self.session: Any = None
+        self.axis: str | None = None
         self.labels: dict[str, int] = {}  # segment id -> object label
-        self._written: dict[str, np.ndarray] = {}  # what each segment holds from us, [i, j, k]
-        self._lock = threading.RLock()
+        self.prompts: list[Prompt] = []
 
     # ---------------------------------------------------------------- session
     def _session_for(self, axis: str) -> Any:
-        if self.session is not None and self.session.axis.axis != axis:
+        if self.axis is not None and self.axis != axis:
             raise InputError(
-                f"this volume's prompts are in {self.session.axis.axis} views; prompt in a {self.session.axis.axis} view, "
+                f"this segmentation's prompts are in {self.axis} views; prompt in a {self.axis} view, "
                 "or press Reset to start over in this view"
             )
         if self.session is None:
-            if self.engine == "baseline":
-                from sam2volume.baseline import BaselineSession
-
-                self.session = BaselineSession(self.volume, axis, window=self.window)
-            else:
-                from sam2volume.session import Session
-
-                self.session = Session(self.volume, axis, self.config, predictor=self.predictor, window=self.window)
+            self.session = self.factory(self.volume, axis)
+            self.axis = axis
         return self.session
 
     def _label(self, segment_id: str) -> int:
@@ -80,87 +105,166 @@ class SegmentationController:
             self.labels[segment_id] = max(self.labels.values(), default=0) + 1
         return self.labels[segment_id]
 
+    @property
+    def voxel_axis(self) -> int:
+        return self.session.voxel_axis
+
     # ---------------------------------------------------------------- prompts
+    def view_points(self, points_ras: Any, slice_to_ras: np.ndarray, world_to_local: np.ndarray | None = None):
+        """Voxel indices of points clicked in a slice view, checked to lie on the slice it shows."""
+        view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
+        ijk = world_to_ijk(points_ras, self.ijk_to_ras, world_to_local)
+        check_on_slice(ijk, view)
+        ijk[:, view.voxel_axis] = view.index
+        return view, ijk
+
     def add_points(self, segment_id: str, points_ras: Any, positive: list[bool], slice_to_ras: np.ndarray,
-                   world_to_local: np.ndarray | None = None) -> SliceUpdate:
+                   world_to_local: np.ndarray | None = None, key: Any = None) -> SliceUpdate:
         """Points clicked in a slice view (world RAS); returns that slice's new 2D mask as an update."""
-        with self._lock:
-            view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
-            ijk = world_to_ijk(points_ras, self.ijk_to_ras, world_to_local)
-            ijk[:, view.voxel_axis] = view.index  # clicks lie on the shown slice
-            session = self._session_for(view.axis)
-            label = self._label(segment_id)
-            session.add_points(label, ijk, [int(bool(p)) for p in positive], name=segment_id)
-            return self._slice_update(segment_id, view.voxel_axis, view.index)
+        view, ijk = self.view_points(points_ras, slice_to_ras, world_to_local)
+        return self._add(Prompt(segment_id, "points", ijk, [int(bool(p)) for p in positive], key=key), view.axis)
 
     def add_box(self, segment_id: str, corner_a_ras: Any, corner_b_ras: Any, slice_to_ras: np.ndarray,
-                world_to_local: np.ndarray | None = None) -> SliceUpdate:
-        """A box drawn in a slice view (two opposite corners, world RAS)."""
-        with self._lock:
-            view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
-            ijk = world_to_ijk([corner_a_ras, corner_b_ras], self.ijk_to_ras, world_to_local)
-            ijk[:, view.voxel_axis] = view.index
-            session = self._session_for(view.axis)
-            label = self._label(segment_id)
-            session.add_box(label, ijk, name=segment_id)
-            return self._slice_update(segment_id, view.voxel_axis, view.index)
+                world_to_local: np.ndarray | None = None, key: Any = None) -> SliceUpdate:
+        """A box drawn in a slice view (two opposite corners, world RAS; the centre must be on the slice)."""
+        view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
+        ijk = world_to_ijk([corner_a_ras, corner_b_ras], self.ijk_to_ras, world_to_local)
+        check_on_slice(ijk.mean(axis=0, keepdims=True), view)
+        ijk[:, view.voxel_axis] = view.index
+        return self._add(Prompt(segment_id, "box", ijk, key=key), view.axis)
 
-    def _slice_update(self, segment_id: str, voxel_axis: int, index: int) -> SliceUpdate:
+    def _add(self, prompt: Prompt, axis: str) -> SliceUpdate:
+        session = self._session_for(axis)
+        self._send(session, prompt)
+        self.prompts.append(prompt)
+        return self.slice_update(prompt.segment_id, prompt.slice)
+
+    def _send(self, session: Any, p: Prompt) -> None:
+        label = self._label(p.segment_id)
+        if p.kind == "points":
+            session.add_points(label, p.ijk, p.labels, name=p.segment_id)
+        elif p.kind == "box":
+            session.add_box(label, p.ijk, name=p.segment_id)
+        else:
+            session.add_mask(label, p.mask, p.slice, name=p.segment_id)
+        if p.kind != "mask":
+            p.slice = session.slice_of(p.ijk[0])
+
+    def undo_last_prompt(self, segment_id: str | None = None) -> list[SliceUpdate]:
+        """Take back the newest prompt (of ``segment_id``, or of any segment)."""
+        for n in range(len(self.prompts) - 1, -1, -1):
+            if segment_id is None or self.prompts[n].segment_id == segment_id:
+                return self._replace_prompts(self.prompts[n].segment_id, lambda ps, n=n: ps.pop(n))
+        raise InputError("there is no prompt to undo")
+
+    def move_prompt(self, key: Any, points_ras: Any, slice_to_ras: np.ndarray, world_to_local: np.ndarray | None = None) -> list[SliceUpdate]:
+        """The markup point that made a prompt moved: the prompt follows it (same slice view rules)."""
+        n = self._find(key)
+        view, ijk = self.view_points(points_ras, slice_to_ras, world_to_local)
+        if view.axis != self.axis:
+            raise InputError(f"this segmentation's prompts are in {self.axis} views; move the point in a {self.axis} view")
+
+        def move(ps: list[Prompt]) -> None:
+            ps[n].ijk = ijk
+
+        return self._replace_prompts(self.prompts[n].segment_id, move)
+
+    def remove_prompt(self, key: Any) -> list[SliceUpdate]:
+        """The markup point that made a prompt was deleted: the prompt goes too."""
+        n = self._find(key)
+        return self._replace_prompts(self.prompts[n].segment_id, lambda ps: ps.pop(n))
+
+    def has_prompt(self, key: Any) -> bool:
+        return any(p.key == key for p in self.prompts)
+
+    def _find(self, key: Any) -> int:
+        for n, p in enumerate(self.prompts):
+            if p.key == key:
+                return n
+        raise InputError(f"no prompt was made by {key}")
+
+    def _replace_prompts(self, segment_id: str, edit: Callable[[list[Prompt]], Any]) -> list[SliceUpdate]:
+        """Edit the prompt log, then re-send this segment's prompts; returns the touched slices' masks."""
+        old = {p.slice for p in self.prompts if p.segment_id == segment_id}
+        edit(self.prompts)
         label = self.labels[segment_id]
-        s = self.session.slice_of(self._any_voxel_on(voxel_axis, index))
-        idx, values = self.session.input_region(s, self.session.frame_mask(label, s))
-        written = self._written.setdefault(segment_id, np.zeros(self.volume.shape, bool))
-        written[idx] = values
-        mask = np.expand_dims(values, voxel_axis)
-        return SliceUpdate(segment_id, voxel_axis, index, index, np.ascontiguousarray(mask.transpose(2, 1, 0)))
+        if label in self.session.objects:
+            self.session.remove_object(label)
+        for p in self.prompts:
+            if p.segment_id == segment_id:
+                self._send(self.session, p)
+        new = {p.slice for p in self.prompts if p.segment_id == segment_id}
+        return [self.slice_update(segment_id, s) for s in sorted(old | new)]
 
-    def _any_voxel_on(self, voxel_axis: int, index: int) -> list[int]:
-        v = [0, 0, 0]
-        v[voxel_axis] = index
-        return v
+    def rebuild(self, session_factory: SessionFactory) -> list[SliceUpdate]:
+        """New engine settings: a new session gets every prompt again (none is dropped); the masks
+        of the prompted slices come back as updates. Propagated slices wait for the next propagation."""
+        self.close()
+        self.factory = session_factory
+        if self.axis is None or not self.prompts:
+            self.axis = None
+            return []
+        self.session = self.factory(self.volume, self.axis)
+        for p in self.prompts:
+            self._send(self.session, p)
+        return [self.slice_update(p.segment_id, p.slice) for p in self.prompts]
+
+    # ---------------------------------------------------------------- slices
+    def slice_update(self, segment_id: str, s: int, frame: np.ndarray | None = None) -> SliceUpdate:
+        """Session slice ``s`` of a segment (its mask, or ``frame``) as a volume-slice update."""
+        if frame is None:
+            frame = self.session.frame_mask(self.labels[segment_id], s)
+        idx, values = self.session.input_region(s, np.asarray(frame, bool))
+        a = self.session.voxel_axis
+        index = int(idx[a])
+        mask = np.expand_dims(values, a)
+        return SliceUpdate(segment_id, a, index, index, np.ascontiguousarray(mask.transpose(2, 1, 0)))
+
+    def updates_from(self, slice_results: list) -> list[SliceUpdate]:
+        """Updates for the slices a propagation job returned (``SliceResult(slice, masks)``)."""
+        by_label = {v: k for k, v in self.labels.items()}
+        out = []
+        for r in slice_results:
+            for label, frame in r.masks.items():
+                if int(label) in by_label:
+                    out.append(self.slice_update(by_label[int(label)], int(r.slice), frame))
+        return out
+
+    def result_masks(self, segment_ids: list[str]) -> dict[str, np.ndarray]:
+        """Each segment's mask in the whole volume from the session's exact result, bool [i, j, k]."""
+        result = np.asarray(self.session.result().array)
+        return {sid: result == self.labels[sid] for sid in segment_ids}
 
     # -------------------------------------------------------------- propagate
-    def propagate(self, direction: str = "both", *, segment_ids: list[str] | None = None, slice_range: tuple[int, int] | None = None,
-                  stop_after: int | None = 3, progress: Callable[[int, int], None] | None = None,
-                  cancel: threading.Event | None = None) -> list[SliceUpdate]:
-        """Propagate (all segments, or ``segment_ids``); returns updates for the changed slices only.
+    def start_propagation(self, direction: str = "both", *, segment_ids: list[str] | None = None,
+                          slice_range: tuple[int, int] | None = None, stop_after: int | None = 3):
+        """Start propagating (all prompted segments, or ``segment_ids``); returns the job to poll.
 
         ``slice_range`` is in the session's slice numbering (anatomical order along the axis).
         """
-        with self._lock:
-            if self.session is None or not self.labels:
-                raise InputError("place a point or a box on a slice first")
-            ids = list(self.labels) if segment_ids is None else segment_ids
-            unknown = [s for s in ids if s not in self.labels]
-            if unknown:
-                raise InputError(f"segment(s) {', '.join(unknown)} have no prompts yet; click on a slice first")
-            self.session.propagate(direction, objects=[self.labels[s] for s in ids], slice_range=slice_range,
-                                   stop_after=stop_after, progress=progress, cancel=cancel)
-            return self.updates(ids)
-
-    def updates(self, segment_ids: list[str]) -> list[SliceUpdate]:
-        """Slabs of the slices whose mask differs from what the segment got from us before."""
-        result = self.session.result().array
-        voxel_axis = self.session.voxel_axis
-        out = []
-        for sid in segment_ids:
-            new = result == self.labels[sid]
-            old = self._written.get(sid)
-            for first, last in changed_runs(old, new, voxel_axis):
-                index: list[Any] = [slice(None)] * 3
-                index[voxel_axis] = slice(first, last + 1)
-                slab = new[tuple(index)]
-                out.append(SliceUpdate(sid, voxel_axis, first, last, np.ascontiguousarray(slab.transpose(2, 1, 0))))
-            self._written[sid] = new
-        return out
+        if self.session is None or not self.labels:
+            raise InputError("place a point or a box on a slice first")
+        ids = list(self.labels) if segment_ids is None else list(segment_ids)
+        unknown = [s for s in ids if s not in self.labels]
+        if unknown:
+            raise InputError(f"segment(s) {', '.join(unknown)} have no prompts yet; click on a slice first")
+        kwargs = dict(direction=direction, objects=[self.labels[s] for s in ids], slice_range=slice_range, stop_after=stop_after)
+        if hasattr(self.session, "start_propagation"):
+            return self.session.start_propagation(**kwargs)
+        return InlineJob(self.session, kwargs)
 
     def remove_segment(self, segment_id: str) -> None:
-        with self._lock:
-            label = self.labels.pop(segment_id, None)
-            self._written.pop(segment_id, None)
-            if label is not None and self.session is not None and label in self.session.objects:
-                self.session.remove_object(label)
+        label = self.labels.pop(segment_id, None)
+        self.prompts = [p for p in self.prompts if p.segment_id != segment_id]
+        if label is not None and self.session is not None and label in self.session.objects:
+            self.session.remove_object(label)
+
+    def close(self) -> None:
+        """Free the session (on the server: one short request); prompts stay in the log."""
+        session, self.session = self.session, None
+        if session is not None and hasattr(session, "close"):
+            session.close()
 
     def reset(self) -> None:
-        with self._lock:
-            self.session, self.labels, self._written = None, {}, {}
+        self.close()
+        self.axis, self.labels, self.prompts = None, {}, []

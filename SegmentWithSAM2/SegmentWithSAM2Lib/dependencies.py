@@ -1,59 +1,95 @@
-"""Python packages the module needs inside Slicer, checked at first use and installed only with consent.
+"""Python packages the module needs in Slicer's Python, with version bounds, checked on module entry.
 
-torch comes from the PyTorch extension's installer (it picks the CUDA build that matches the GPU
-driver); SAM2 is Roboflow's wheel of Meta's SAM 2.1 code, installed without its declared
-torchvision (the video predictor never imports it). Nothing is installed at Slicer start-up.
+Remote mode needs nothing beyond what Slicer ships (numpy; ``sam2volume.client`` is standard library
+otherwise). Local mode runs the engine server with Slicer's Python, so it needs the server (FastAPI,
+uvicorn), the baseline engine (scipy) and, for SAM2, torch (from the PyTorch extension, which picks
+the CUDA build for the driver) and SAM2 (Roboflow's wheel of Meta's SAM 2.1 code, installed without
+its declared torchvision, which the video predictor never imports). Nothing is installed without
+the user's consent, and never at Slicer start-up or inside a click handler.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+from dataclasses import dataclass
 
-# (import name, pip requirement, pip options)
-PACKAGES: list[tuple[str, str, str]] = [
-    ("sam2", "rf-sam-2==1.0.3", "--no-deps"),
-    ("hydra", "hydra-core>=1.3", ""),
-    ("iopath", "iopath>=0.1.10", ""),
-    ("tqdm", "tqdm", ""),
-    ("scipy", "scipy", ""),
-    ("PIL", "pillow", ""),
-]
+from packaging.requirements import Requirement
 
 
-def missing(include_torch: bool = True) -> list[str]:
-    """Import names that cannot be found (``torch`` first when it is missing)."""
-    names = (["torch"] if include_torch else []) + [name for name, _, _ in PACKAGES]
-    return [n for n in names if importlib.util.find_spec(n) is None]
+@dataclass(frozen=True)
+class Package:
+    module: str  # import name
+    requirement: str  # pip requirement with version bounds
+    options: str = ""  # pip options
+    distribution: str = ""  # distribution name when it differs from the requirement's
+
+    @property
+    def dist(self) -> str:
+        return self.distribution or Requirement(self.requirement).name
 
 
-def describe(names: list[str]) -> str:
-    reqs = {name: req for name, req, _ in PACKAGES}
-    return ", ".join("PyTorch (through the PyTorch extension)" if n == "torch" else reqs[n] for n in names)
+TORCH = Package("torch", "torch>=2.3")
+SERVER = [Package("fastapi", "fastapi>=0.110"), Package("uvicorn", "uvicorn>=0.29"), Package("scipy", "scipy>=1.10")]
+SAM2 = [Package("sam2", "rf-sam-2==1.0.3", "--no-deps"), Package("hydra", "hydra-core>=1.3.2,<2"), Package("iopath", "iopath>=0.1.10"),
+        Package("tqdm", "tqdm>=4.60"), Package("PIL", "pillow>=9")]
+PACKAGES = [TORCH, *SERVER, *SAM2]
 
 
-def install(names: list[str], confirm: bool = True) -> bool:
-    """Install what is missing, inside Slicer, after the user agrees; returns False if declined."""
+def needed(mode: str, engine: str) -> list[Package]:
+    """What this mode and engine need in Slicer's Python."""
+    if mode == "remote":
+        return []
+    return SERVER + ([TORCH, *SAM2] if engine == "sam2" else [])
+
+
+def problems(packages: list[Package]) -> list[tuple[Package, str]]:
+    """(package, what is wrong) for each package that is missing or outside its version bounds."""
+    out = []
+    for p in packages:
+        if importlib.util.find_spec(p.module) is None:
+            out.append((p, "missing"))
+            continue
+        try:
+            version = importlib.metadata.version(p.dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # importable but not from a distribution (e.g. a source checkout): accept
+        if not Requirement(p.requirement).specifier.contains(version, prereleases=True):
+            out.append((p, f"version {version}"))
+    return out
+
+
+def describe(found: list[tuple[Package, str]]) -> str:
+    return "; ".join(
+        f"{'PyTorch through the PyTorch extension' if p is TORCH else p.requirement} ({what})" for p, what in found
+    )
+
+
+def install(found: list[tuple[Package, str]], confirm: bool = True) -> bool:
+    """Install or upgrade what :func:`problems` found, inside Slicer, after the user agrees."""
     import slicer  # only inside Slicer
 
-    if not names:
+    if not found:
         return True
     if confirm and not slicer.util.confirmOkCancelDisplay(
-        f"SegmentWithSAM2 needs these Python packages: {describe(names)}.\n"
-        "They will be downloaded and installed into Slicer's Python now (a few minutes; PyTorch with CUDA is large).",
+        f"SegmentWithSAM2 needs these Python packages in Slicer's Python: {describe(found)}.\n"
+        "Install them now? (A few minutes; PyTorch with CUDA is large. Remote mode needs none of them.)",
         "Install dependencies",
     ):
         return False
-    if "torch" in names:
+    packages = [p for p, _ in found]
+    if TORCH in packages:
         try:
             import PyTorchUtils
         except ImportError:
-            raise RuntimeError("the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager and restart Slicer") from None
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            raise RuntimeError("the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager and "
+                               "restart Slicer (or use remote mode)") from None
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.3") is None:
             raise RuntimeError("PyTorch could not be installed; see the Python console for pip's messages")
-    for name, req, opts in PACKAGES:
-        if name in names:
-            slicer.util.pip_install(f"{req} {opts}".strip())
-    still = missing()
+    for p in packages:
+        if p is not TORCH:
+            slicer.util.pip_install(f"{p.requirement} {p.options}".strip())
+    still = problems(packages)
     if still:
-        raise RuntimeError(f"still missing after installation: {describe(still)}")
+        raise RuntimeError(f"still not usable after installation: {describe(still)}")
     return True

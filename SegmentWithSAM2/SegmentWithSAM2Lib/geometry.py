@@ -17,7 +17,8 @@ from sam2volume.volume import CANONICAL
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 AXIS_OF_CANONICAL_NORMAL = {2: "axial", 1: "coronal", 0: "sagittal"}
-PARALLEL_TOLERANCE = 0.99  # |cos| between the view normal and a voxel axis
+MAX_OBLIQUE_DEGREES = 2.0  # a view further than this from every voxel plane is refused
+PARALLEL_TOLERANCE = float(np.cos(np.radians(MAX_OBLIQUE_DEGREES)))  # |cos| between the view normal and a voxel axis
 
 
 def volume_from_slicer(array_kji: np.ndarray, ijk_to_ras: np.ndarray, *, name: str = "volume", modality: str = "unknown") -> Volume:
@@ -48,8 +49,8 @@ class ViewSlice:
 def view_slice(slice_to_ras: np.ndarray, volume: Volume, ijk_to_ras: np.ndarray, world_to_local: np.ndarray | None = None) -> ViewSlice:
     """Which session axis and which voxel slice a slice view (its SliceToRAS matrix) shows.
 
-    The view must be parallel to a voxel plane of the volume (within ~8 degrees); a reformatted
-    oblique view gets an error saying how to fix it.
+    The view must be parallel to a voxel plane of the volume (within ``MAX_OBLIQUE_DEGREES``); a
+    reformatted oblique view gets an error saying how to fix it.
     """
     s2r = np.asarray(slice_to_ras, dtype=np.float64).reshape(4, 4)
     normal_world = s2r[:3, 2] / np.linalg.norm(s2r[:3, 2])
@@ -62,7 +63,8 @@ def view_slice(slice_to_ras: np.ndarray, volume: Volume, ijk_to_ras: np.ndarray,
     a = int(np.argmax(cos))
     if cos[a] < PARALLEL_TOLERANCE:
         raise InputError(
-            f"this view is oblique to the volume (closest voxel axis at {np.degrees(np.arccos(min(1.0, cos[a]))):.1f} degrees); "
+            f"this view is {np.degrees(np.arccos(min(1.0, cos[a]))):.1f} degrees oblique to the volume's slices "
+            f"(at most {MAX_OBLIQUE_DEGREES:g} allowed); "
             "reset the view to axial, coronal or sagittal (slice view menu: 'Reset field of view' / orientation), or resample the volume"
         )
     perm = volume.reorientation_to(CANONICAL).perm
@@ -73,11 +75,15 @@ def view_slice(slice_to_ras: np.ndarray, volume: Volume, ijk_to_ras: np.ndarray,
     return ViewSlice(AXIS_OF_CANONICAL_NORMAL[w], a, index)
 
 
-def slab_extent(voxel_axis: int, first: int, last: int, shape_ijk: tuple[int, int, int]) -> list[int]:
-    """VTK extent [i0, i1, j0, j1, k0, k1] of slices first..last along ``voxel_axis``."""
-    ext = [0, shape_ijk[0] - 1, 0, shape_ijk[1] - 1, 0, shape_ijk[2] - 1]
-    ext[2 * voxel_axis], ext[2 * voxel_axis + 1] = int(first), int(last)
-    return ext
+def check_on_slice(ijk: np.ndarray, view: ViewSlice) -> None:
+    """Refuse points more than half a slice spacing from the shown slice (a 3D-view click, or a point
+    dragged off its plane): they would otherwise be snapped onto some slice."""
+    off = np.abs(np.asarray(ijk, dtype=np.float64)[:, view.voxel_axis] - view.index)
+    if np.any(off > 0.5 + 1e-6):
+        raise InputError(
+            f"a prompt lies {float(off.max()):.1f} slice spacings from the {view.axis} slice {view.index} shown in the view; "
+            "place prompts in a slice view (red, yellow or green), on the slice it shows"
+        )
 
 
 def changed_runs(old: np.ndarray | None, new: np.ndarray, voxel_axis: int) -> list[tuple[int, int]]:
@@ -85,10 +91,14 @@ def changed_runs(old: np.ndarray | None, new: np.ndarray, voxel_axis: int) -> li
     if old is None:
         old = np.zeros_like(new)
     other = tuple(a for a in range(3) if a != voxel_axis)
-    diff = np.any(old != new, axis=other)
+    return runs_of(np.any(old != new, axis=other))
+
+
+def runs_of(flags) -> list[tuple[int, int]]:
+    """Runs (first, last) of consecutive True entries of a 1D sequence."""
     runs: list[tuple[int, int]] = []
     start = None
-    for s, d in enumerate(diff.tolist() + [False]):
+    for s, d in enumerate([bool(f) for f in flags] + [False]):
         if d and start is None:
             start = s
         elif not d and start is not None:

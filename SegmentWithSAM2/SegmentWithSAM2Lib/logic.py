@@ -1,0 +1,423 @@
+"""The module's GUI-free logic on Slicer's MRML libraries (imports slicer and vtk, never qt).
+
+Everything runs on the caller's (GUI) thread and every call is short: a prompt is one request to the
+engine server; a propagation is a job on the server that :meth:`SegmentWithSAM2Logic.poll` (a 50 ms
+timer in the widget) asks for finished slices, writing each batch as it arrives and the exact final
+result at the end. There is no Python worker thread (Slicer's GUI thread holds the GIL while idle).
+Tested on PyPI's ``slicer-core`` (Slicer's real scene, nodes and segmentation logic).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import slicer
+import vtk
+
+from sam2volume import InputError
+from sam2volume.errors import CancelledError
+
+from .controller import SegmentationController, SliceUpdate
+from .engine_link import EngineLink, Settings
+from .geometry import runs_of
+from .writeback import read_slab, write_slab
+
+log = logging.getLogger("SegmentWithSAM2")
+
+PROMPT_ATTRIBUTE = "SegmentWithSAM2.prompt"
+PROMPT_KINDS = {"positive": ("vtkMRMLMarkupsFiducialNode", "SAM2 +", (0.2, 0.9, 0.2)),
+                "negative": ("vtkMRMLMarkupsFiducialNode", "SAM2 -", (0.9, 0.2, 0.2)),
+                "box": ("vtkMRMLMarkupsROINode", "SAM2 box", (0.9, 0.9, 0.2))}
+OUT_OF_MEMORY_ADVICE = ("Choose a smaller model (Model), limit the slices (Only within slices), "
+                        "or use a remote GPU server (Mode: remote)")
+
+
+def matrix(getter) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    getter(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message a user sees: the error's own, with advice naming options the module shows."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory ({text}). {OUT_OF_MEMORY_ADVICE}."
+    return text
+
+
+def world_to_local(node) -> np.ndarray | None:
+    """World RAS -> the node's local RAS (through its parent transforms), or None without one."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return None
+    m = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, parent, m):
+        raise InputError(f"{node.GetName()} is under a non-linear transform; harden or remove it before segmenting")
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def slice_node_for_point(point_ras, slice_nodes) -> Any:
+    """The slice node whose plane is nearest the point (the controller then refuses points off that plane)."""
+    best, best_distance = None, None
+    for node in slice_nodes:
+        m = slicer.util.arrayFromVTKMatrix(node.GetSliceToRAS())
+        normal = m[:3, 2] / np.linalg.norm(m[:3, 2])
+        distance = abs(float(np.dot(np.asarray(point_ras, float) - m[:3, 3], normal)))
+        if best_distance is None or distance < best_distance - 1e-6:
+            best, best_distance = node, distance
+    if best is None:
+        raise InputError("no slice view is shown; place prompts in the red, yellow or green view")
+    return best
+
+
+def box_corners(roi) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two corners (world RAS) of a box ROI once it is complete, else None.
+
+    Placing a box takes two clicks: after the first, the ROI has one defined point, needs two and
+    has no size; after the second, Slicer replaces the points by the centre and needs one
+    (``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints``)."""
+    if roi.GetNumberOfDefinedControlPoints() < 1 or roi.GetRequiredNumberOfControlPoints() != 1:
+        return None
+    centre, size = [0.0] * 3, [0.0] * 3
+    roi.GetCenterWorld(centre)
+    roi.GetSizeWorld(size)
+    if sorted(size)[1] <= 0:  # fewer than two in-plane sides
+        return None
+    c, s = np.asarray(centre), np.asarray(size)
+    return c - s / 2, c + s / 2
+
+
+class PromptNodes:
+    """The module's markups: one fiducial list for positive and one for negative points, box ROIs.
+
+    They are found again (by attribute) rather than re-created on every reload or scene, hidden from
+    node selectors and editors, and never saved with the scene."""
+
+    def __init__(self, scene=None):
+        self.scene = scene or slicer.mrmlScene
+
+    def find(self, kind: str) -> list:
+        col = self.scene.GetNodesByClass(PROMPT_KINDS[kind][0])
+        nodes = [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
+        return [n for n in nodes if n.GetAttribute(PROMPT_ATTRIBUTE) == kind]
+
+    def get(self, kind: str):
+        """The current node of this kind (a box: the one not used yet), created when missing."""
+        nodes = self.find(kind)
+        if kind == "box":
+            nodes = [n for n in nodes if not n.GetLocked()]
+        if nodes:
+            return nodes[-1]
+        cls, name, color = PROMPT_KINDS[kind]
+        node = self.scene.AddNewNodeByClass(cls, self.scene.GenerateUniqueName(name))
+        node.SetAttribute(PROMPT_ATTRIBUTE, kind)
+        node.SetHideFromEditors(True)
+        node.SetSaveWithScene(False)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetSaveWithScene(False)
+        display.SetSelectedColor(color)
+        display.SetColor(color)
+        return node
+
+    def retire_box(self, roi) -> None:
+        """A used box stays visible (locked) until Reset; the next box is a new node."""
+        roi.SetLocked(True)
+
+    def clear(self) -> None:
+        for kind in PROMPT_KINDS:
+            for node in self.find(kind):
+                if kind == "box":
+                    self.scene.RemoveNode(node)
+                else:
+                    node.RemoveAllControlPoints()
+
+
+class PropagationTask:
+    """A propagation job on the engine server, advanced by short polls on the GUI thread."""
+
+    def __init__(self, logic: "SegmentWithSAM2Logic", controller: SegmentationController, job: Any, volumeNode,
+                 segmentationNode, segmentIds: list[str], before: dict[str, np.ndarray],
+                 onProgress: Callable | None, onDone: Callable | None, onError: Callable | None):
+        self.logic, self.controller, self.job = logic, controller, job
+        self.volumeNode, self.segmentationNode, self.segmentIds = volumeNode, segmentationNode, segmentIds
+        self.before = before
+        self.visited: dict[str, set[int]] = {s: set() for s in segmentIds}
+        self.onProgress, self.onDone, self.onError = onProgress, onDone, onError
+        self.finished = False
+        self.error: str | None = None
+        self.written = 0
+        self.cancelled = False
+
+    def poll(self) -> None:
+        if self.finished:
+            return
+        try:
+            updates = [u for u in self.controller.updates_from(self.job.poll()) if u.segment_id in self.visited]
+            for u in updates:
+                self.visited[u.segment_id].add(u.first)
+            self.written += self.logic.applyUpdates(updates, self.segmentationNode, self.volumeNode)
+            if self.onProgress is not None:
+                self.onProgress(*self.job.progress)
+            if self.job.finished:
+                self._finish()
+        except Exception as exc:  # noqa: BLE001 - any failure ends the task and reaches the user
+            self._fail(exc)
+
+    def _finish(self) -> None:
+        error = self.job.error
+        if error is not None and not isinstance(error, CancelledError):
+            raise error
+        self.cancelled = isinstance(error, CancelledError) or bool(getattr(self.job.report, "cancelled", False))
+        self.written += self.logic.writeFinalResult(self.controller, self.segmentationNode, self.volumeNode,
+                                                    self.segmentIds, self.before, self.visited)
+        self.finished = True
+        if self.onDone is not None:
+            self.onDone(self)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.finished = True
+        self.error = describe_error(exc)
+        log.error("propagation failed: %s", self.error, exc_info=exc)
+        try:
+            if not self.job.finished:
+                self.job.cancel()
+        except Exception:  # noqa: BLE001 - the server may be gone; the error above is what matters
+            pass
+        if self.onError is not None:
+            try:
+                self.onError(self.error)
+            except Exception:  # noqa: BLE001
+                log.exception("the error callback failed")
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.job.cancel()
+
+
+class SegmentWithSAM2Logic:
+    """Prompts, propagation and write-back for (volume, segmentation, segment) triples."""
+
+    def __init__(self, link: EngineLink | None = None, scene=None):
+        self.link = link or EngineLink()
+        self.scene = scene or slicer.mrmlScene
+        self.controllers: dict[tuple[str, str], SegmentationController] = {}
+        self._keys: dict[tuple[str, str], tuple] = {}
+        self.task: PropagationTask | None = None
+        self.prompts = PromptNodes(self.scene)
+        self.lastMessage = ""
+
+    # ------------------------------------------------------------ sessions
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.finished
+
+    def sessionFactory(self, settings: Settings):
+        return self.link.factory(settings)
+
+    def controllerFor(self, volumeNode, segmentationNode, settings: Settings) -> SegmentationController:
+        """The controller of this (volume, segmentation); new engine settings replay its prompts."""
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise InputError("choose an input volume with image data first")
+        key = (volumeNode.GetID(), segmentationNode.GetID())
+        skey = (settings.session_key(), volumeNode.GetImageData().GetMTime())
+        controller = self.controllers.get(key)
+        if controller is not None and self._keys[key] != skey:
+            if self.busy:
+                raise InputError("a propagation is running; wait for it or press Cancel before changing settings")
+            if self._keys[key][1] != skey[1]:
+                controller.close()  # the voxels changed: a new volume, prompts cannot carry over
+                controller = None
+            else:
+                updates = controller.rebuild(self.sessionFactory(settings))
+                self.applyUpdates(updates, segmentationNode, volumeNode)
+                self.lastMessage = f"settings changed: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
+                self._keys[key] = skey
+        if controller is None:
+            from sam2volume.io.readers import guess_modality
+
+            array = slicer.util.arrayFromVolume(volumeNode)
+            controller = SegmentationController(array, matrix(volumeNode.GetIJKToRASMatrix), self.sessionFactory(settings),
+                                                name=volumeNode.GetName(), modality=guess_modality(array))
+            self.controllers[key], self._keys[key] = controller, skey
+        return controller
+
+    # ------------------------------------------------------------- prompts
+    def addPoints(self, volumeNode, segmentationNode, segmentId, pointsRas, positive, sliceNode, settings: Settings, key=None):
+        """Points clicked in ``sliceNode``'s view (world RAS); the slice's mask is written at once."""
+        c = self.controllerFor(volumeNode, segmentationNode, settings)
+        u = c.add_points(segmentId, pointsRas, positive, slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
+                         world_to_local(volumeNode), key=key)
+        self.applyUpdates([u], segmentationNode, volumeNode)
+        return u
+
+    def addBox(self, volumeNode, segmentationNode, segmentId, roi, sliceNode, settings: Settings):
+        """A completed box ROI drawn in ``sliceNode``'s view; returns None while the box is still being drawn."""
+        corners = box_corners(roi)
+        if corners is None:
+            return None
+        c = self.controllerFor(volumeNode, segmentationNode, settings)
+        u = c.add_box(segmentId, corners[0], corners[1], slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
+                      world_to_local(volumeNode), key=(roi.GetID(), "box"))
+        self.prompts.retire_box(roi)
+        self.applyUpdates([u], segmentationNode, volumeNode)
+        return u
+
+    def movePoint(self, volumeNode, segmentationNode, key, pointRas, sliceNode) -> list[SliceUpdate]:
+        """A prompt's markup point moved: re-send the segment's prompts and rewrite the touched slices."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None or not c.has_prompt(key):
+            return []
+        updates = c.move_prompt(key, [pointRas], slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()), world_to_local(volumeNode))
+        self.applyUpdates(updates, segmentationNode, volumeNode)
+        return updates
+
+    def removePoint(self, volumeNode, segmentationNode, key) -> list[SliceUpdate]:
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None or not c.has_prompt(key):
+            return []
+        updates = c.remove_prompt(key)
+        self.applyUpdates(updates, segmentationNode, volumeNode)
+        return updates
+
+    def removeMissingPoints(self, volumeNode, segmentationNode, markupsNode) -> list[SliceUpdate]:
+        """Points were deleted from ``markupsNode``: drop the prompts they made."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None:
+            return []
+        ids = {markupsNode.GetNthControlPointID(i) for i in range(markupsNode.GetNumberOfControlPoints())}
+        gone = [p.key for p in c.prompts if p.key and p.key[0] == markupsNode.GetID() and p.key[1] not in ids]
+        updates: list[SliceUpdate] = []
+        for key in gone:
+            updates += self.removePoint(volumeNode, segmentationNode, key)
+        return updates
+
+    def undoLastPrompt(self, volumeNode, segmentationNode, segmentId=None) -> list[SliceUpdate]:
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None:
+            raise InputError("there is no prompt to undo")
+        updates = c.undo_last_prompt(segmentId)
+        self.applyUpdates(updates, segmentationNode, volumeNode)
+        return updates
+
+    def _existing(self, volumeNode, segmentationNode) -> SegmentationController | None:
+        if volumeNode is None or segmentationNode is None:
+            return None
+        return self.controllers.get((volumeNode.GetID(), segmentationNode.GetID()))
+
+    # ----------------------------------------------------------- propagate
+    def startPropagation(self, volumeNode, segmentationNode, settings: Settings, segmentIds=None, sliceRange=None,
+                         onProgress=None, onDone=None, onError=None) -> PropagationTask:
+        """Start a propagation on the server and return at once; :meth:`poll` advances it."""
+        if self.busy:
+            raise InputError("a propagation is already running; wait for it or press Cancel")
+        c = self.controllerFor(volumeNode, segmentationNode, settings)
+        if c.session is None or not c.labels:
+            raise InputError("place a point or a box on a slice first")
+        ids = list(c.labels) if segmentIds is None else list(segmentIds)
+        before = c.result_masks([s for s in ids if s in c.labels])
+        job = c.start_propagation(settings.direction, segment_ids=ids, slice_range=sliceRange,
+                                  stop_after=settings.stopAfter or None)
+        self.task = PropagationTask(self, c, job, volumeNode, segmentationNode, ids, before, onProgress, onDone, onError)
+        return self.task
+
+    def poll(self) -> None:
+        """Advance the running propagation (the widget's 50 ms timer calls this)."""
+        if self.task is not None and not self.task.finished:
+            self.task.poll()
+
+    def wait(self, timeout: float = 600.0, interval: float = 0.05) -> PropagationTask | None:
+        """Poll until the running propagation ends (self-test and console; the GUI uses its timer)."""
+        end = time.monotonic() + timeout
+        while self.busy and time.monotonic() < end:
+            self.poll()
+            if self.busy:
+                time.sleep(interval)
+        if self.busy:
+            self.cancel()
+            raise TimeoutError(f"the propagation did not finish within {timeout:.0f} s; it was cancelled")
+        return self.task
+
+    def cancel(self) -> None:
+        """Ask the server to stop after the current slice (returns at once; slices so far are kept)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def reset(self, volumeNode=None, segmentationNode=None) -> None:
+        """Forget prompts (of one segmentation, or all); never waits for a running job."""
+        if self.busy and (volumeNode is None or self.task.controller is self._existing(volumeNode, segmentationNode)):
+            self.task.cancel()
+            self.task.finished, self.task = True, None
+        keys = list(self.controllers) if volumeNode is None else [(volumeNode.GetID(), segmentationNode.GetID())]
+        for key in keys:
+            c = self.controllers.pop(key, None)
+            self._keys.pop(key, None)
+            if c is not None:
+                try:
+                    c.reset()
+                except Exception as exc:  # noqa: BLE001 - a server already gone must not block Reset
+                    log.warning("could not close the engine session: %s", exc)
+        self.prompts.clear()
+
+    def close(self) -> None:
+        """Scene closed or module unloaded: stop everything, stop the local server."""
+        self.reset()
+        self.link.stop()
+
+    # ------------------------------------------------------------ write back
+    def applyUpdates(self, updates: list[SliceUpdate], segmentationNode, volumeNode) -> int:
+        """Write the slices whose content differs from the segment's; returns how many were written."""
+        written = 0
+        for u in updates:
+            current = read_slab(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.last)
+            if np.array_equal(current, u.mask_kji.astype(bool)):
+                continue
+            write_slab(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.last, u.mask_kji)
+            written += u.last - u.first + 1
+        return written
+
+    def writeFinalResult(self, controller: SegmentationController, segmentationNode, volumeNode, segmentIds,
+                         before: dict[str, np.ndarray], visited: dict[str, set[int]]) -> int:
+        """Make the segments equal the session's exact result on every slice this propagation may have
+        changed: visited slices and slices where the result had or has the object. The segment's
+        current content is the reference (not a record of earlier writes), so an undo or a manual edit
+        in between is repaired, not skipped."""
+        a = controller.voxel_axis
+        other = tuple(x for x in range(3) if x != a)
+        written = 0
+        for sid, new in controller.result_masks(segmentIds).items():
+            candidate = new.any(axis=other)
+            if sid in before:
+                candidate |= before[sid].any(axis=other)
+            for s in visited.get(sid, ()):
+                candidate[s] = True
+            for first, last in runs_of(candidate):
+                index: list[Any] = [slice(None)] * 3
+                index[a] = slice(first, last + 1)
+                slab = np.ascontiguousarray(new[tuple(index)].transpose(2, 1, 0))
+                current = read_slab(segmentationNode, sid, volumeNode, a, first, last)
+                differs = np.any(current != slab, axis=tuple(x for x in range(3) if x != 2 - a))
+                for f, l in runs_of(differs):
+                    sub: list[Any] = [slice(None)] * 3
+                    sub[2 - a] = slice(f, l + 1)
+                    write_slab(segmentationNode, sid, volumeNode, a, first + f, first + l, slab[tuple(sub)])
+                    written += l - f + 1
+        return written
+
+    # ---------------------------------------------------------- conveniences
+    def prepareSegmentation(self, volumeNode, segmentationNode=None, segmentName="SAM2 segment"):
+        """A segment to write into. A new segmentation gets the volume's geometry and parent transform;
+        an existing one is never re-parented or re-gridded (its segments stay where they are)."""
+        if segmentationNode is None:
+            segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                           self.scene.GenerateUniqueName(f"{volumeNode.GetName()} SAM2"))
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        segmentation = segmentationNode.GetSegmentation()
+        segmentId = segmentation.GetSegmentIdBySegmentName(segmentName) or segmentation.AddEmptySegment("", segmentName)
+        return segmentationNode, segmentId

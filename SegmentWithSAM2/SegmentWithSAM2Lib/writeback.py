@@ -1,0 +1,155 @@
+"""Write slabs of slices into a segment, and read them back, on Slicer's segmentation libraries (no Qt).
+
+A slab is slices ``first..last`` along one voxel axis of the *volume* (mask in Slicer's [k, j, i]
+order). It is written the way Segment Editor modifies a segment: first ``MODE_MERGE_MIN`` with an
+image that is 0 exactly where the slab lies (this segment's voxels there are cleared, every other
+voxel and every other segment is kept), then ``MODE_MERGE_MASK`` with the slab's mask (sets this
+segment's label value under the mask, as Segment Editor's *Add* does), both limited to the slab's
+extent (``vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment``; see
+``vtkSegmentationModifier::AppendLabelmapToSegment`` and ``vtkSlicerSegmentEditorLogic``).
+``MODE_REPLACE`` with an extent would replace the whole segment by the slab, and ``MODE_MERGE_MAX``
+takes the raw maximum, which writes label 1 (another segment's value) into a shared layer.
+
+Both images are built on the lattice the segment's labelmap already has (the segmentation's own
+geometry, which may be oversampled or cover another extent than the volume), so Slicer never
+resamples the shared labelmap layer: the volume's mask is sampled onto that lattice by nearest
+neighbour. The same sampling reads a segment back in the volume's lattice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+BINARY_LABELMAP = "Binary labelmap"
+
+
+def _matrix(vtk_matrix) -> np.ndarray:
+    return slicer.util.arrayFromVTKMatrix(vtk_matrix)
+
+
+def volume_ijk_to_segmentation(volumeNode, segmentationNode) -> np.ndarray:
+    """4x4 from the volume's voxel indices to the segmentation node's local coordinates."""
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijk_to_ras)
+    between = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            volumeNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode(), between):
+        raise ValueError(f"{volumeNode.GetName()} and {segmentationNode.GetName()} are related by a non-linear transform; "
+                         "harden the transforms (Data module) before segmenting")
+    return _matrix(between) @ _matrix(ijk_to_ras)
+
+
+def segment_lattice(segmentationNode, segmentId, volumeNode) -> np.ndarray:
+    """Image-to-segmentation matrix of the lattice the segment's labelmap uses (its layer's, else the
+    segmentation's reference geometry, else the volume's)."""
+    segmentation = segmentationNode.GetSegmentation()
+    if segmentation.GetSourceRepresentationName() != BINARY_LABELMAP:
+        raise ValueError(f"{segmentationNode.GetName()} keeps closed surfaces as its source representation; "
+                         "switch it to binary labelmap (Segmentations module, Representations) before segmenting")
+    labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    if labelmap is not None:
+        e = labelmap.GetExtent()
+        if e[0] <= e[1] and e[2] <= e[3] and e[4] <= e[5]:
+            m = vtk.vtkMatrix4x4()
+            labelmap.GetImageToWorldMatrix(m)
+            return _matrix(m)
+    geometry = segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if geometry:
+        image = slicer.vtkOrientedImageData()
+        slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, image, False)
+        m = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(m)
+        return _matrix(m)
+    return volume_ijk_to_segmentation(volumeNode, segmentationNode)
+
+
+def _slab_bounds(voxel_axis: int, first: int, last: int, dims_ijk) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.zeros(3, int)
+    hi = np.asarray(dims_ijk, int) - 1
+    lo[voxel_axis], hi[voxel_axis] = first, last
+    return lo, hi
+
+
+def _lattice_box(vol_to_lat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer index range of the lattice voxels whose centres can fall in the volume box lo..hi."""
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0] - 0.5, hi[0] + 0.5) for y in (lo[1] - 0.5, hi[1] + 0.5)
+                        for z in (lo[2] - 0.5, hi[2] + 0.5)])
+    c = (corners @ vol_to_lat.T)[:, :3]
+    return np.floor(c.min(axis=0) + 1e-6).astype(int), np.ceil(c.max(axis=0) - 1e-6).astype(int)
+
+
+def _nearest(points_h: np.ndarray, to: np.ndarray) -> np.ndarray:
+    return np.floor((points_h @ to.T)[:, :3] + 0.5 + 1e-9).astype(int)
+
+
+def _grid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Homogeneous index points of the box a..b (inclusive), in [k, j, i] raster order."""
+    k, j, i = np.meshgrid(np.arange(a[2], b[2] + 1), np.arange(a[1], b[1] + 1), np.arange(a[0], b[0] + 1), indexing="ij")
+    return np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)], axis=1)
+
+
+def _image(values_kji: np.ndarray, a: np.ndarray, lattice: np.ndarray):
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(int(a[0]), int(a[0]) + values_kji.shape[2] - 1, int(a[1]), int(a[1]) + values_kji.shape[1] - 1,
+                    int(a[2]), int(a[2]) + values_kji.shape[0] - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = values_kji.astype(np.uint8).ravel()
+    image.GetPointData().GetScalars().Modified()
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(lattice))
+    return image
+
+
+def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, first: int, last: int, mask_kji: np.ndarray) -> None:
+    """Make the segment equal ``mask_kji`` on volume slices first..last along ``voxel_axis``; nothing else changes."""
+    dims = volumeNode.GetImageData().GetDimensions()
+    lo, hi = _slab_bounds(voxel_axis, first, last, dims)
+    expected = (hi - lo + 1)[::-1]
+    mask_kji = np.asarray(mask_kji)
+    if tuple(mask_kji.shape) != tuple(expected):
+        raise ValueError(f"slab mask of shape {mask_kji.shape} does not fit slices {first}..{last} (expected {tuple(expected)})")
+    lattice = segment_lattice(segmentationNode, segmentId, volumeNode)
+    vol_to_lat = np.linalg.inv(lattice) @ volume_ijk_to_segmentation(volumeNode, segmentationNode)
+    a, b = _lattice_box(vol_to_lat, lo, hi)
+    pts = _grid(a, b)
+    v = _nearest(pts, np.linalg.inv(vol_to_lat))  # lattice voxel centre -> nearest volume voxel
+    inside = np.all((v >= lo) & (v <= hi), axis=1)
+    shape = tuple((b - a + 1)[::-1])
+    values = np.zeros(len(pts), np.uint8)
+    vi = v[inside] - lo
+    values[inside] = mask_kji[vi[:, 2], vi[:, 1], vi[:, 0]] > 0
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    extent = [int(a[0]), int(b[0]), int(a[1]), int(b[1]), int(a[2]), int(b[2])]
+    keep = _image((~inside).astype(np.uint8).reshape(shape), a, lattice)
+    if not logic.SetBinaryLabelmapToSegment(keep, segmentationNode, segmentId, logic.MODE_MERGE_MIN, extent):
+        raise RuntimeError(f"Slicer could not clear slices {first}..{last} of segment {segmentId}")
+    if values.any():
+        if not logic.SetBinaryLabelmapToSegment(_image(values.reshape(shape), a, lattice), segmentationNode, segmentId,
+                                                logic.MODE_MERGE_MASK, extent):
+            raise RuntimeError(f"Slicer could not write slices {first}..{last} of segment {segmentId}")
+
+
+def read_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, first: int, last: int) -> np.ndarray:
+    """The segment on volume slices first..last along ``voxel_axis``, sampled on the volume's lattice, bool [k, j, i]."""
+    dims = volumeNode.GetImageData().GetDimensions()
+    lo, hi = _slab_bounds(voxel_axis, first, last, dims)
+    out_shape = tuple((hi - lo + 1)[::-1])
+    labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    if labelmap is None or segment is None:
+        return np.zeros(out_shape, bool)
+    e = labelmap.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5]:
+        return np.zeros(out_shape, bool)
+    m = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(m)
+    vol_to_lat = np.linalg.inv(_matrix(m)) @ volume_ijk_to_segmentation(volumeNode, segmentationNode)
+    data = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    p = _nearest(_grid(lo, hi), vol_to_lat) - np.array([e[0], e[2], e[4]])
+    ok = np.all((p >= 0) & (p < np.array(data.shape[::-1])), axis=1)
+    out = np.zeros(len(p), bool)
+    q = p[ok]
+    out[ok] = data[q[:, 2], q[:, 1], q[:, 0]] == segment.GetLabelValue()
+    return out.reshape(out_shape)

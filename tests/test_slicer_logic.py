@@ -1,0 +1,417 @@
+"""The Slicer module's logic, controller and write-back on Slicer's real libraries (PyPI slicer-core),
+with the model in a real engine server process (``sam2volume serve`` on 127.0.0.1).
+
+Volumes are loaded through Slicer's own storage node; segments are read back with Slicer's own
+export (``slicer.util.arrayFromSegmentBinaryLabelmap``) and compared with the engine's exact result.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import slicer_scene as sc  # noqa: E402  (puts the module folder on sys.path)
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+
+from SegmentWithSAM2Lib.engine_link import Settings  # noqa: E402
+from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic, box_corners, describe_error  # noqa: E402
+from SegmentWithSAM2Lib.writeback import read_slab, write_slab  # noqa: E402
+
+from sam2volume import InputError, read_labelmap, read_volume  # noqa: E402
+
+BASELINE = Settings(mode="local", engine="baseline", device="cpu", window="abdomen", stopAfter=3)
+
+
+@pytest.fixture(scope="module")
+def link():
+    """One local engine server for the module's tests (started with this Python, as Slicer's would be)."""
+    lk = sc.engine_link()
+    yield lk
+    lk.stop()
+
+
+@pytest.fixture
+def ct(totalseg):
+    sc.fresh_scene()
+    return sc.load_volume(totalseg / "example_ct_sm.nii.gz", "ct")
+
+
+@pytest.fixture
+def labels(totalseg):
+    vol = read_volume(totalseg / "example_ct_sm.nii.gz")
+    return sc.result_kji(read_labelmap(totalseg / "example_seg.nii.gz", reference=vol).array)
+
+
+@pytest.fixture
+def logic(link):
+    lg = SegmentWithSAM2Logic(link=link)
+    yield lg
+    lg.reset()
+
+
+def organ_box(labels_kji, value, k):
+    jj, ii = np.nonzero(labels_kji[k] == value)
+    return (ii.min(), jj.min()), (ii.max(), jj.max())
+
+
+def box_roi(volumeNode, labels_kji, value, k):
+    """A box ROI placed by two clicks, as the markups place widget does."""
+    (i0, j0), (i1, j1) = organ_box(labels_kji, value, k)
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.AddControlPointWorld(*sc.ras_of(volumeNode, [i0, j0, k]))
+    assert box_corners(roi) is None  # first click: the box is not there yet (bug 3)
+    roi.AddControlPointWorld(*sc.ras_of(volumeNode, [i1, j1, k]))
+    return roi
+
+
+def segment_voxels(segmentationNode, segmentId):
+    """A segment's voxels on its own labelmap grid: (image-to-segmentation matrix, sorted (i, j, k) indices)."""
+    image = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    value = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    e = image.GetExtent()
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    kji = np.argwhere(slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId) == value)
+    return slicer.util.arrayFromVTKMatrix(m), kji[:, ::-1] + np.array([e[0], e[2], e[4]])
+
+
+def red_at(volumeNode, ijk):
+    return sc.slice_node("Red", sc.ras_of(volumeNode, ijk))
+
+
+def session_mask(logic, volumeNode, segNode, segmentId):
+    c = logic.controllers[(volumeNode.GetID(), segNode.GetID())]
+    return sc.result_kji(c.result_masks([segmentId])[segmentId])
+
+
+# ----------------------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("name", ["example_ct_sm.nii.gz", "example_mr_sm.nii.gz"])
+def test_volume_from_slicers_storage_node_has_read_volumes_geometry(totalseg, name, link):
+    sc.fresh_scene()
+    node = sc.load_volume(totalseg / name)
+    logic = SegmentWithSAM2Logic(link=link)
+    seg, _ = logic.prepareSegmentation(node)
+    c = logic.controllerFor(node, seg, BASELINE)
+    ref = read_volume(totalseg / name)
+    assert c.volume.same_grid(ref) and np.array_equal(c.volume.array, ref.array)
+    assert np.allclose(c.volume.ijk_to_ras, ref.ijk_to_ras)
+
+
+# --------------------------------------------------------------------------------------- write-back
+def test_slabs_keep_every_voxel_outside_them_and_other_segments(ct):
+    """Bug 1: MODE_REPLACE with an extent replaced the whole segment by the last slab."""
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    a = seg.GetSegmentation().AddEmptySegment("", "a")
+    b = seg.GetSegmentation().AddEmptySegment("", "b")
+    dims = ct.GetImageData().GetDimensions()
+    rng = np.random.default_rng(0)
+    ref_a = np.zeros(dims[::-1], bool)
+    ref_b = np.zeros(dims[::-1], bool)
+    ref_b[12:15, 20:40, 30:60] = True
+    write_slab(seg, b, ct, 2, 12, 14, ref_b[12:15])
+    for axis, first, last in [(2, 3, 5), (2, 10, 10), (2, 20, 25), (1, 40, 42), (0, 7, 7)]:
+        shape = list(dims[::-1])
+        shape[2 - axis] = last - first + 1
+        m = rng.random(shape) > 0.5
+        write_slab(seg, a, ct, axis, first, last, m)
+        index = [slice(None)] * 3
+        index[2 - axis] = slice(first, last + 1)
+        ref_a[tuple(index)] = m
+    assert np.array_equal(sc.segment_array(seg, a, ct), ref_a)
+    assert np.array_equal(sc.segment_array(seg, b, ct), ref_b)  # b shares voxels with a's later slabs: untouched
+    assert np.array_equal(read_slab(seg, a, ct, 2, 0, dims[2] - 1), ref_a)
+
+
+def test_prompt_propagation_correction_and_second_segment_equal_the_engine_result(ct, labels, logic):
+    """Bug 1 end to end: every segment equals sam2volume's result exactly; a segment the module does
+    not own is unchanged."""
+    seg, liver = logic.prepareSegmentation(ct, None, "liver")
+    manual = seg.GetSegmentation().AddEmptySegment("", "manual")
+    hand = np.zeros(labels.shape, bool)
+    hand[2:28, 60:80, 5:25] = True  # overlaps where the liver will be written
+    slicer.util.updateSegmentBinaryLabelmapFromArray(hand.astype(np.uint8), seg, manual, ct)
+    k = 14
+    assert logic.addBox(ct, seg, liver, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE) is not None
+    got = sc.segment_array(seg, liver, ct)
+    assert got[k].sum() > 0 and not got[:k].any() and not got[k + 1:].any()
+    # a propagation limited to a range, then the rest: the written slices come in several runs
+    logic.startPropagation(ct, seg, BASELINE, sliceRange=(k - 4, k + 4))
+    logic.wait(60)
+    assert logic.task.error is None and logic.task.written > 0
+    assert np.array_equal(sc.segment_array(seg, liver, ct), session_mask(logic, ct, seg, liver))
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    assert np.array_equal(sc.segment_array(seg, liver, ct), session_mask(logic, ct, seg, liver))
+    # a correction far from the prompt
+    far = 20
+    bad = np.argwhere(sc.segment_array(seg, liver, ct)[far] & (labels[far] != 5))
+    j, i = bad[len(bad) // 2] if len(bad) else (50, 60)
+    logic.addPoints(ct, seg, liver, [sc.ras_of(ct, [i, j, far])], [False], red_at(ct, [0, 0, far]), BASELINE)
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    assert np.array_equal(sc.segment_array(seg, liver, ct), session_mask(logic, ct, seg, liver))
+    # a second segment in the same segmentation
+    _, spleen = logic.prepareSegmentation(ct, seg, "spleen")
+    ks = int(np.median(np.flatnonzero((labels == 1).any(axis=(1, 2)))))
+    logic.addBox(ct, seg, spleen, box_roi(ct, labels, 1, ks), red_at(ct, [0, 0, ks]), BASELINE)
+    logic.startPropagation(ct, seg, BASELINE, segmentIds=[spleen])
+    logic.wait(60)
+    assert np.array_equal(sc.segment_array(seg, spleen, ct), session_mask(logic, ct, seg, spleen))
+    assert np.array_equal(sc.segment_array(seg, liver, ct), session_mask(logic, ct, seg, liver))
+    assert np.array_equal(sc.segment_array(seg, manual, ct), hand)
+
+
+def test_a_segmentation_on_another_grid_keeps_its_other_segments(ct, labels, logic):
+    """Also-list: an oversampled segmentation covering another extent; nothing is resampled away."""
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.CreateDefaultDisplayNodes()
+    other = seg.GetSegmentation().AddEmptySegment("", "other")
+    # the user's segment on a 2x oversampled, shifted grid
+    fine = slicer.vtkOrientedImageData()
+    fine.SetExtent(0, 99, 0, 79, 0, 39)
+    fine.AllocateScalars(3, 1)  # VTK_UNSIGNED_CHAR
+    m = sc.ijk_to_ras(ct).copy()
+    m[:3, :3] /= 2
+    m[:3, 3] += m[:3, :3] @ np.array([20.0, 30.0, 10.0])
+    fine.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(m))
+    from vtk.util import numpy_support
+
+    values = np.zeros((40, 80, 100), np.uint8)
+    values[5:30, 10:60, 20:90] = 1
+    numpy_support.vtk_to_numpy(fine.GetPointData().GetScalars())[:] = values.ravel()
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(fine, seg, other, 0)
+    before = segment_voxels(seg, other)
+    seg2, liver = logic.prepareSegmentation(ct, seg, "liver")
+    assert seg2 is seg
+    k = 14
+    logic.addBox(ct, seg, liver, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    after = segment_voxels(seg, other)  # the other segment's voxels, on its own grid, are exactly as before
+    assert np.allclose(after[0], before[0]) and np.array_equal(after[1], before[1]) and len(before[1]) > 0
+    # the module's segment, read back on the volume's grid, is the engine's result
+    assert np.array_equal(read_slab(seg, liver, ct, 2, 0, ct.GetImageData().GetDimensions()[2] - 1),
+                          session_mask(logic, ct, seg, liver))
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def test_box_is_used_when_complete_and_stays_visible(ct, labels, logic):
+    """Bug 3: PointPositionDefinedEvent fires after the first of the box's two clicks."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    (i0, j0), (i1, j1) = organ_box(labels, 5, k)
+    roi = logic.prompts.get("box")
+    roi.AddControlPointWorld(*sc.ras_of(ct, [i0, j0, k]))
+    assert logic.addBox(ct, seg, sid, roi, red_at(ct, [0, 0, k]), BASELINE) is None  # half a box: nothing sent
+    roi.AddControlPointWorld(*sc.ras_of(ct, [i1, j1, k]))
+    u = logic.addBox(ct, seg, sid, roi, red_at(ct, [0, 0, k]), BASELINE)
+    assert u is not None and u.mask_kji.sum() > 0.5 * (labels[k] == 5).sum()
+    assert slicer.mrmlScene.GetNodeByID(roi.GetID()) is roi and roi.GetLocked()  # kept, shown, until Reset
+    assert logic.prompts.get("box") is not roi  # the next box is a new node
+    logic.reset()
+    assert slicer.mrmlScene.GetNodeByID(roi.GetID()) is None
+
+
+def test_controllers_are_keyed_by_volume_segmentation_and_segment(ct, labels, logic):
+    """Bug 4: segment ids repeat across segmentation nodes."""
+    seg_a = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg_b = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    for s in (seg_a, seg_b):
+        s.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+        s.GetSegmentation().AddEmptySegment("Segment_1", "organ")
+    k = 14
+    logic.addBox(ct, seg_a, "Segment_1", box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    ks = int(np.median(np.flatnonzero((labels == 1).any(axis=(1, 2)))))
+    logic.addBox(ct, seg_b, "Segment_1", box_roi(ct, labels, 1, ks), red_at(ct, [0, 0, ks]), BASELINE)
+    for s in (seg_a, seg_b):
+        logic.startPropagation(ct, s, BASELINE)
+        logic.wait(60)
+    a, b = sc.segment_array(seg_a, "Segment_1", ct), sc.segment_array(seg_b, "Segment_1", ct)
+    assert np.array_equal(a, session_mask(logic, ct, seg_a, "Segment_1"))
+    assert np.array_equal(b, session_mask(logic, ct, seg_b, "Segment_1"))
+    assert (a & (labels == 5)).sum() > 0.5 * a.sum() and (b & (labels == 1)).sum() > 0.5 * b.sum()
+
+
+def test_settings_are_a_snapshot_read_on_the_caller_thread():
+    """Bug 5: the worker thread read params.direction; the logic only ever sees a frozen Settings."""
+
+    class Params:  # stands for the parameter node's attributes
+        mode, engine, direction, stopAfter = "local", "baseline", "forward", 2
+
+    p = Params()
+    s = Settings.read(p)
+    p.direction = "backward"
+    assert s.direction == "forward" and s.stopAfter == 2
+    with pytest.raises(AttributeError):
+        s.direction = "both"
+
+
+def test_an_existing_segmentation_is_never_moved_or_regridded(ct, labels, logic):
+    """Bug 6."""
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    t = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    m = np.eye(4)
+    m[:3, 3] = [5, -3, 2]
+    t.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(m))
+    seg.SetAndObserveTransformNodeID(t.GetID())
+    geometry_param = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    seg.GetSegmentation().SetConversionParameter(geometry_param, "")
+    mine = seg.GetSegmentation().AddEmptySegment("", "mine")
+    hand = np.zeros(labels.shape, bool)
+    hand[10:12, 40:50, 40:50] = True
+    slicer.util.updateSegmentBinaryLabelmapFromArray(hand.astype(np.uint8), seg, mine, ct)
+    geometry = seg.GetSegmentation().GetConversionParameter(geometry_param)
+    before = segment_voxels(seg, mine)
+    seg2, sid = logic.prepareSegmentation(ct, seg, "organ")
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    assert seg2 is seg and seg.GetTransformNodeID() == t.GetID()
+    assert seg.GetSegmentation().GetConversionParameter(geometry_param) == geometry
+    after = segment_voxels(seg, mine)
+    assert np.allclose(after[0], before[0]) and np.array_equal(after[1], before[1]) and len(before[1]) > 0
+    # the slice lands on the volume's voxels through the segmentation's transform
+    assert np.array_equal(sc.segment_array(seg, sid, ct)[k], session_mask(logic, ct, seg, sid)[k])
+
+
+def test_clicks_off_the_slice_plane_and_oblique_views_are_refused(ct, labels, logic):
+    """Bug 7 and the also-list's 2 degree rule, with real slice nodes."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    (i0, j0), (i1, j1) = organ_box(labels, 5, k)
+    centre = [(i0 + i1) / 2, (j0 + j1) / 2]
+    red = red_at(ct, [0, 0, k])
+    with pytest.raises(InputError, match="slice spacings"):  # a 3D-view click, two slices off the plane
+        logic.addPoints(ct, seg, sid, [sc.ras_of(ct, [*centre, k + 2])], [True], red, BASELINE)
+    assert not sc.segment_array(seg, sid, ct).any()
+    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, [*centre, k + 0.4])], [True], red, BASELINE)
+    assert sc.segment_array(seg, sid, ct)[k].any()
+    centre_ras = sc.ras_of(ct, [*centre, k])
+    with pytest.raises(InputError, match="oblique"):
+        logic.addPoints(ct, seg, sid, [centre_ras], [True], sc.slice_node("Red", centre_ras, 3.0, 0), BASELINE)
+    logic.addPoints(ct, seg, sid, [centre_ras], [True], sc.slice_node("Red", centre_ras, 1.0, 0), BASELINE)
+
+
+def test_prompt_nodes_are_reused_hidden_and_not_saved(ct):
+    """Bug 8."""
+    from SegmentWithSAM2Lib.logic import PromptNodes
+
+    first = {k: PromptNodes().get(k) for k in ("positive", "negative", "box")}
+    again = {k: PromptNodes().get(k) for k in ("positive", "negative", "box")}  # a reload of the module
+    assert all(first[k] is again[k] for k in first)
+    assert all(n.GetHideFromEditors() and not n.GetSaveWithScene() for n in first.values())
+    first["positive"].AddControlPointWorld(1.0, 2.0, 3.0)
+    slicer.mrmlScene.SetSaveToXMLString(1)
+    slicer.mrmlScene.Commit()
+    xml = slicer.mrmlScene.GetSceneXMLString()
+    assert "SAM2" not in xml and "name=\"ct\"" in xml
+
+
+def test_an_error_in_a_callback_ends_the_task_and_reports_it(ct, labels, logic):
+    """Bug 11: the status and Cancel must not stay stuck."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    errors, done = [], []
+
+    def broken(done_, total):
+        raise RuntimeError("progress display broke")
+
+    logic.startPropagation(ct, seg, BASELINE, onProgress=broken, onDone=done.append, onError=errors.append)
+    logic.wait(60)
+    assert not logic.busy and errors == ["progress display broke"] and done == []
+    logic.startPropagation(ct, seg, BASELINE, onDone=done.append, onError=errors.append)  # usable again
+    logic.wait(60)
+    assert len(done) == 1 and len(errors) == 1
+
+
+def test_after_undo_or_manual_edit_the_next_propagation_rewrites_the_slices(ct, labels, logic):
+    """Bug 12: the module compares with the segment's content, not with a record of its own writes."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    expected = session_mask(logic, ct, seg, sid)
+    edited = expected.copy()
+    edited[5:12] = False  # the user erased (or undid) a run of slices
+    edited[18, 10:20, 10:20] = True
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), seg, sid, ct)
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    assert np.array_equal(sc.segment_array(seg, sid, ct), expected)
+
+
+def test_out_of_memory_advice_names_options_the_module_shows():
+    """Bug 14: the old message named a 'CPU offload option' the module never showed."""
+    import xml.etree.ElementTree as ET
+
+    ui = ET.parse(sc.MODULE / "Resources/UI/SegmentWithSAM2.ui")
+    texts = {p.find("string").text for p in ui.iter("property") if p.get("name") == "text" and p.find("string") is not None}
+    message = describe_error(MemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert "offload" not in message.lower()
+    for option in ("Model", "Only within slices", "Mode"):
+        assert f"({option}" in message and any(t and t.rstrip(":") == option for t in texts), option
+
+
+def test_moved_and_deleted_points_update_the_prompts(ct, labels, logic):
+    """Also-list: a point moved or deleted in the view changes the prompts and the slice."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    jj, ii = np.nonzero(labels[k] == 5)
+    n = len(ii) // 2
+    red = red_at(ct, [0, 0, k])
+    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, [ii[n], jj[n], k])], [True], red, BASELINE, key=("fid", "p1"))
+    on_liver = sc.segment_array(seg, sid, ct)[k]
+    assert (on_liver & (labels[k] == 5)).sum() > 0.5 * on_liver.sum()
+    jb, ib = np.argwhere(labels[k] == 1)[0] if (labels[k] == 1).any() else (20, 100)
+    logic.movePoint(ct, seg, ("fid", "p1"), sc.ras_of(ct, [ib, jb, k]), red)
+    moved = sc.segment_array(seg, sid, ct)[k]
+    assert not np.array_equal(moved, on_liver)
+    assert np.array_equal(moved, session_mask(logic, ct, seg, sid)[k])
+    logic.removePoint(ct, seg, ("fid", "p1"))
+    assert not sc.segment_array(seg, sid, ct)[k].any()
+
+
+def test_a_settings_change_replays_the_prompts(ct, labels, logic):
+    """Also-list: prompts are never dropped silently when a setting changes."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    old_session = c.session
+    liver_window = Settings(**{**BASELINE.__dict__, "window": "liver"})
+    logic.startPropagation(ct, seg, liver_window)
+    logic.wait(60)
+    assert c.session is not old_session and len(c.prompts) == 1 and "1 prompt" in logic.lastMessage
+    assert np.array_equal(sc.segment_array(seg, sid, ct), session_mask(logic, ct, seg, sid))
+
+
+def test_reset_while_a_job_runs_returns_at_once(ct, labels, link):
+    """Bug 13: Reset waited for the worker's lock while a propagation ran."""
+    logic = SegmentWithSAM2Logic(link=link)
+    sam2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), sam2)
+    logic.startPropagation(ct, seg, sam2)
+    logic.poll()
+    t = time.monotonic()
+    logic.reset()
+    assert time.monotonic() - t < 1.0 and not logic.busy and not logic.controllers
+
+
+def test_self_test_runs_offline_on_slicer_core(link):
+    """Bug 10: the self-test needed a download, a sample volume, an abdomen window on a lung task."""
+    from SegmentWithSAM2Lib import selftest
+
+    sc.fresh_scene()
+    logic = SegmentWithSAM2Logic(link=link)
+    seen = []
+    dice = selftest.run(logic, Settings(mode="local", engine="baseline", device="cpu", window="abdomen"), show=seen.append)
+    logic.reset()
+    assert dice > 0.85, dice
+    assert any("Dice" in s for s in seen)
