@@ -92,3 +92,16 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert time.monotonic() - t < 30
     waiter.release()
     assert not lock.exists()
+
+
+def test_resume_by_relative_path_and_save_predictions_added_later(tmp_path, totalseg, monkeypatch):
+    """Before: the same dataset by a relative path was refused as 'other settings', and --save-predictions
+    added on resume wrote nothing for the finished cases."""
+    root = plain_ct_dataset(totalseg, tmp_path / "ds", ["ct_a"], ["liver"])
+    run = tmp_path / "run"
+    evaluate(root, "box-middle", run, engine="baseline", overlays=False)
+    monkeypatch.chdir(tmp_path)
+    report = evaluate("ds", "box-middle", run, engine="baseline", overlays=False)
+    assert report["resumed"]["cases_already_done"] == 1
+    evaluate("ds", "box-middle", run, engine="baseline", overlays=False, save_predictions=True)
+    assert (run / "predictions" / "ct_a.baseline.nii.gz").is_file()

@@ -136,7 +136,7 @@ def evaluate(
 
     run_dir = Path(run_dir)
     settings = {
-        "dataset": str(ds.root),
+        "dataset": str(Path(ds.root).resolve()),  # the same dataset by a relative path resumes
         "layout": ds.layout,
         "protocol": proto.as_dict(),
         "engine": engine,
@@ -188,7 +188,8 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
     if not settings_file.is_file():
         write_text_atomic(settings_file, json.dumps({"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
-    todo = [c for c in cases if not _case_done(run_dir, c.case_id)]
+    todo = [c for c in cases if not _case_done(run_dir, c.case_id)
+            or (save_predictions and not all((run_dir / "predictions" / f"{c.case_id}.{e}.nii.gz").is_file() for e in engines))]
     if engine == "sam2" and predictor is None and todo:
         from ..engine.predictor import build_predictor
 
