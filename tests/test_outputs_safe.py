@@ -75,3 +75,29 @@ def test_batch_rerun_with_other_settings_is_refused(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other settings" in err and "axis" in err
     assert main(["batch", str(case.parent), "-o", str(out), "--engine", "baseline", "-q"]) == 0  # same settings: resumes
+
+
+def test_batch_goes_on_after_an_os_error_on_one_input(case, tmp_path, monkeypatch):
+    """A full disk while writing one output (simulated by the writer raising ENOSPC, a test double of the
+    disk) fails that input only; the next input is segmented and the report lists the failure."""
+    import errno
+
+    import sam2volume.io.writers as writers
+
+    shutil.copy(case, case.parent / "ct2.nii.gz")
+    (case.parent / "ct2.prompts.json").write_text(json.dumps(PROMPTS))
+    real = writers.write_volume
+    calls = []
+
+    def disk_full_once(vol, path, **kw):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(vol, path, **kw)
+
+    monkeypatch.setattr(writers, "write_volume", disk_full_once)
+    out = tmp_path / "out"
+    assert main(["batch", str(case.parent), "-o", str(out), "--engine", "baseline", "-q"]) == 1
+    report = json.loads((out / "batch_report.json").read_text())
+    assert len(report["errors"]) == 1 and "No space left" in report["errors"][0]["error"]
+    assert len(report["done"]) == 1

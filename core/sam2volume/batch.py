@@ -96,8 +96,13 @@ def batch(
     on_item: Callable[[int, int, str], None] | None = None,
     predictor: Any = None,
     allow_uneven_spacing: bool = False,
+    server: str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``)."""
+    """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``).
+
+    With ``server`` (a ``sam2volume serve`` URL) every volume is segmented there.
+    """
     from .api import _versions, report_path, segment
     from .engine.config import EngineConfig
 
@@ -134,7 +139,7 @@ def batch(
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():
             write_text_atomic(out_dir / SETTINGS_FILE, json.dumps({"settings": settings, "versions": _versions()}, indent=2))
-        if engine == "sam2" and predictor is None and any(pr is not None for _, _, pr in todo):
+        if engine == "sam2" and predictor is None and server is None and any(pr is not None for _, _, pr in todo):
             from .engine.predictor import build_predictor
 
             predictor = build_predictor(cfg, progress=progress)
@@ -156,11 +161,13 @@ def batch(
                     raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
                 segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
                         png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine,
-                        allow_uneven_spacing=allow_uneven_spacing)
+                        allow_uneven_spacing=allow_uneven_spacing, server=server, token=token)
                 report["done"].append(str(out))
                 report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
             except Sam2VolumeError as exc:
                 report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
+            except OSError as exc:  # a full disk, a folder made read-only meanwhile: this input fails, the batch goes on
+                report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or out})"})
             if bar is not None:
                 bar.update(1)
         if bar is not None:
