@@ -229,6 +229,25 @@ class Volume:
             and np.allclose(self.direction, other.direction, rtol=0, atol=tol * 10)
         )
 
+    def on_grid_of(self, reference: "Volume", what: str = "labelmap") -> "Volume":
+        """This volume laid out on ``reference``'s voxel grid when both are the same physical lattice,
+        whatever the axis order and directions on disk (exact permutation and flips, no resampling).
+
+        Raises :class:`GeometryMismatchError` with both grids' numbers when the lattices differ.
+        """
+        if reference.same_grid(self):
+            return self
+        cos = reference.direction.T @ self.direction  # [w, a]: reference axis w against this volume's axis a
+        perm = tuple(int(np.argmax(np.abs(cos[w]))) for w in range(3))
+        if sorted(perm) == [0, 1, 2]:
+            flip = tuple(bool(cos[w, perm[w]] < 0) for w in range(3))
+            candidate = self.reoriented(Reorientation(perm, flip))  # type: ignore[arg-type]
+            if reference.same_grid(candidate):
+                candidate.meta["reoriented_from"] = self.orientation
+                return candidate
+        reference.check_same_grid(self, what)
+        return self
+
     def check_same_grid(self, other: "Volume", what: str = "labelmap") -> None:
         """Raise :class:`GeometryMismatchError` naming both grids unless they match."""
         if self.same_grid(other):
@@ -238,7 +257,7 @@ class Volume:
             f"shape {other.shape} vs {self.shape}, spacing {np.round(other.spacing, 4).tolist()} vs "
             f"{np.round(self.spacing, 4).tolist()}, origin {np.round(other.origin, 3).tolist()} vs "
             f"{np.round(self.origin, 3).tolist()}, orientation {other.orientation} vs {self.orientation}; "
-            "resample the labelmap onto the image first (e.g. in 3D Slicer: Resample Scalar/Vector/DWI Volume)"
+            "(the same lattice in another axis order is accepted; this one differs): resample the labelmap onto the image first (e.g. in 3D Slicer: Resample Scalar/Vector/DWI Volume)"
         )
 
     def summary(self) -> dict[str, Any]:

@@ -7,7 +7,8 @@ __all__ = ["read_volume", "write_volume", "write_labelmap", "WRITE_SUFFIXES", "r
 
 
 def read_labelmap(path, reference=None, **kwargs):
-    """Read a labelmap; with ``reference``, fail unless it shares the reference image's grid."""
+    """Read a labelmap; with ``reference``, laid out on the reference's grid: the same physical lattice
+    stored in another axis order or direction is reoriented exactly (no resampling); another grid fails."""
     import numpy as np
 
     from ..errors import InputError
@@ -18,5 +19,5 @@ def read_labelmap(path, reference=None, **kwargs):
             raise InputError(f"{lab.name}: not a labelmap (non-integer voxel values)")
         lab.array = lab.array.astype(np.int32)
     if reference is not None:
-        reference.check_same_grid(lab)
+        lab = lab.on_grid_of(reference)
     return lab
