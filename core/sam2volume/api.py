@@ -64,11 +64,14 @@ def segment(
     series_uid: str | None = None,
     engine: str = "sam2",
     allow_uneven_spacing: bool = False,
+    server: str | None = None,
+    token: str | None = None,
 ) -> tuple[Volume, dict[str, Any]]:
     """Segment ``image`` from ``prompts``; returns (labelmap, run report) and writes ``output``.
 
     Everything is checked (files, prompts, output format) before the model is built.
-    ``engine`` is ``sam2`` or ``baseline`` (the weights-free classical engine).
+    ``engine`` is ``sam2`` or ``baseline`` (the weights-free classical engine). With ``server``
+    (a ``sam2volume serve`` URL, ``token`` or ``$SAM2VOLUME_TOKEN``) the engine runs there.
     """
     from .engine.config import EngineConfig
     from .session import Session
@@ -89,7 +92,12 @@ def segment(
     if output is not None:
         _check_outputs(output, png, image, prompts, pset)
     cfg = config if config is not None else EngineConfig()
-    if engine == "baseline":
+    if server is not None:
+        from .client import RemoteSession
+
+        session: Any = RemoteSession(server, vol, axis or pset.axis or "axial", cfg if engine == "sam2" else None, engine=engine,
+                                     token=token, window=window, progress=progress)
+    elif engine == "baseline":
         from .baseline import BaselineSession
 
         session: Any = BaselineSession(vol, axis or pset.axis or "axial", window=window, progress=progress)
@@ -99,14 +107,18 @@ def segment(
         raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
     plan = plan_prompts(session, pset)
     t_read = time.perf_counter()
-    if engine == "sam2":
+    if engine == "sam2" and server is None:
         _ = session.predictor  # build (and download) the model
     t_model = time.perf_counter()
-    apply_prompts(session, pset, plan)
-    t_prompt = time.perf_counter()
-    prop = session.propagate(direction, stop_after=stop_after, progress=on_progress)
-    t_prop = time.perf_counter()
-    result = session.result()
+    try:
+        apply_prompts(session, pset, plan)
+        t_prompt = time.perf_counter()
+        prop = session.propagate(direction, stop_after=stop_after, progress=on_progress)
+        t_prop = time.perf_counter()
+        result = session.result()
+    finally:
+        if server is not None:
+            session.close()
     counts = {int(v): int(c) for v, c in zip(*np.unique(result.array, return_counts=True)) if v}
     report = {
         "command": "segment",
@@ -121,6 +133,7 @@ def segment(
         "config": cfg.to_dict() if engine == "sam2" else None,
         "random_weights": bool(cfg.random_weights) if engine == "sam2" else False,
         "device": str(getattr(session, "device", "cpu")),
+        "server": server,
         "objects": [
             {"label": o.label, "name": o.name, "voxels": counts.get(o.label, 0), "stopped_at": prop.stopped.get(o.label, {})}
             for o in session.objects.values()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, engine_config
+from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, add_server_options, engine_config, server_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
         labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
         window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
-        save_predictions=args.save_predictions, limit=args.limit, progress=not args.quiet,
+        save_predictions=args.save_predictions, limit=args.limit, progress=not args.quiet, **server_options(args),
     )
     if not args.quiet:
         c = report["cases"]
@@ -94,6 +94,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
         config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
         window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
+        **server_options(args),
     )
     if not args.quiet:
         print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")

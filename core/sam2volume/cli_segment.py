@@ -41,6 +41,21 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-cache-mb", type=NONNEGATIVE_FLOAT, default=2048.0,
                    help="memory budget for cached slice features, MB (corrections re-propagate without re-encoding)")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
+    add_server_options(p)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="run the engine on a `sam2volume serve` server at this URL (e.g. http://gpu-box:8765)")
+    p.add_argument("--token-file", help="the server's token (default: the SAM2VOLUME_TOKEN variable)")
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``server`` and ``token`` for segment, evaluate and batch from --server / --token-file."""
+    if not args.server:
+        return {"server": None, "token": None}
+    from .client import read_token
+
+    return {"server": args.server, "token": read_token(token_file=args.token_file)}
 
 
 def engine_config(args: argparse.Namespace) -> Any:
@@ -101,6 +116,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         series_uid=args.series_uid,
         engine=args.engine,
         allow_uneven_spacing=args.allow_uneven_spacing,
+        **server_options(args),
     )
     if not args.quiet:
         for obj in report["objects"]:

@@ -38,7 +38,7 @@ from .session_base import PropagationReport, SessionBase
 from .volume import Volume
 from .windowing import Window
 
-__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "start_local_server"]
+__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server", "read_token"]
 
 #: EngineConfig fields a remote session sends (the server picks the device; paths never travel)
 _CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed")
@@ -524,3 +524,23 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
         server.stop()
         raise ServerError(f"the sam2volume server started ({' '.join(cmd)}) but does not answer: {exc}; its log ends:\n{server.log_tail()}") from None
     return server
+
+
+class RemoteEngine:
+    """Sessions on one server for a run over many volumes (``evaluate --server``): one open at a time."""
+
+    def __init__(self, url: str, token: str | None = None):
+        self.url, self.token = url, read_token(token)
+        self._open: RemoteSession | None = None
+
+    def session(self, volume: Volume, axis: str = "axial", config: Any = None, *, engine: str = "sam2",
+                window: Window | str | None = None) -> RemoteSession:
+        """A new remote session; the previous one is closed (its results were taken already)."""
+        self.close()
+        self._open = RemoteSession(self.url, volume, axis, config, engine=engine, token=self.token, window=window)
+        return self._open
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None

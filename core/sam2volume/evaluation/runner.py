@@ -67,6 +67,10 @@ class _Engines:
         self.predictor = predictor
 
     def session(self, name: str, volume: Any) -> Any:
+        from ..client import RemoteEngine
+
+        if isinstance(self.predictor, RemoteEngine):  # --server: every engine runs on the engine server
+            return self.predictor.session(volume, self.axis, self.config if name == "sam2" else None, engine=name, window=self.window)
         if name == "baseline":
             from ..baseline import BaselineSession
 
@@ -104,6 +108,8 @@ def evaluate(
     progress: bool = False,
     on_case: Callable[[int, int, str], None] | None = None,
     predictor: Any = None,
+    server: str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Run a protocol over a dataset; returns the run report (also written to ``run_dir``).
 
@@ -164,9 +170,17 @@ def evaluate(
     elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise InputError(f"{run_dir} is not empty and holds no run of ours (no run.json); give a new or empty -o folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if server is not None:  # sessions on a `sam2volume serve` engine server (``server`` URL, ``token``)
+        from ..client import RemoteEngine
+
+        predictor = RemoteEngine(server, token)
     with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}"):
-        return _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
-                            predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case)
+        try:
+            return _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
+                                predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case)
+        finally:
+            if server is not None:
+                predictor.close()
 
 
 def _case_done(run_dir: Path, case_id: str) -> bool:
