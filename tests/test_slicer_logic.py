@@ -165,17 +165,18 @@ def test_prompt_propagation_correction_and_second_segment_equal_the_engine_resul
     assert np.array_equal(sc.segment_array(seg, manual, ct), hand)
 
 
-def test_a_segmentation_on_another_grid_keeps_its_other_segments(ct, labels, logic):
-    """Also-list: an oversampled segmentation covering another extent; nothing is resampled away."""
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+def test_a_segmentation_on_another_grid_keeps_its_other_segments(ct, labels, logic, scale):
+    """Also-list: a segmentation oversampled (0.5) or on the volume's spacing but another extent (1.0)."""
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     seg.CreateDefaultDisplayNodes()
     other = seg.GetSegmentation().AddEmptySegment("", "other")
-    # the user's segment on a 2x oversampled, shifted grid
+    # the user's segment on a grid shifted by whole voxels, oversampled or not
     fine = slicer.vtkOrientedImageData()
     fine.SetExtent(0, 99, 0, 79, 0, 39)
     fine.AllocateScalars(3, 1)  # VTK_UNSIGNED_CHAR
     m = sc.ijk_to_ras(ct).copy()
-    m[:3, :3] /= 2
+    m[:3, :3] *= scale
     m[:3, 3] += m[:3, :3] @ np.array([20.0, 30.0, 10.0])
     fine.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(m))
     from vtk.util import numpy_support

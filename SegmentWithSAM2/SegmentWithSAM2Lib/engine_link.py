@@ -66,13 +66,17 @@ class EngineLink:
         """The local engine server for these settings (started, or restarted for another device)."""
         from sam2volume.client import start_local_server
 
-        key = (settings.device, settings.checkpoint)
+        key = (settings.device, settings.checkpoint, settings.model if settings.checkpoint else "")
         if self.server is not None and (key != self._server_key or not self.server.alive()):
             self.stop()
         if self.server is None:
             log = self.log_file or os.path.join(os.path.expanduser("~"), ".cache", "sam2volume", "slicer-server.log")
             os.makedirs(os.path.dirname(log), exist_ok=True)
-            args = self.engine_args + (("--checkpoint", settings.checkpoint) if settings.checkpoint else ())
+            args = self.engine_args
+            if settings.checkpoint:  # served as model "custom", with the chosen model's SAM2 config
+                from sam2volume.models.registry import get_model
+
+                args += ("--checkpoint", settings.checkpoint, "--config", get_model(settings.model).config)
             self.server = start_local_server(self.python, device=settings.device, engine_args=args,
                                              allow_random_weights=self.allow_random_weights, log_file=log)
             self._server_key = key

@@ -81,6 +81,14 @@ def _lattice_box(vol_to_lat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tupl
     return np.floor(c.min(axis=0) + 1e-6).astype(int), np.ceil(c.max(axis=0) - 1e-6).astype(int)
 
 
+def _integer_shift(vol_to_lat: np.ndarray) -> np.ndarray | None:
+    """The index offset when the lattice is the volume's grid shifted by whole voxels (the usual case), else None."""
+    shift = vol_to_lat[:3, 3]
+    if np.allclose(vol_to_lat[:3, :3], np.eye(3), atol=1e-6) and np.allclose(shift, np.round(shift), atol=1e-4):
+        return np.round(shift).astype(int)
+    return None
+
+
 def _nearest(points_h: np.ndarray, to: np.ndarray) -> np.ndarray:
     return np.floor((points_h @ to.T)[:, :3] + 0.5 + 1e-9).astype(int)
 
@@ -112,14 +120,21 @@ def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, fi
         raise ValueError(f"slab mask of shape {mask_kji.shape} does not fit slices {first}..{last} (expected {tuple(expected)})")
     lattice = segment_lattice(segmentationNode, segmentId, volumeNode)
     vol_to_lat = np.linalg.inv(lattice) @ volume_ijk_to_segmentation(volumeNode, segmentationNode)
-    a, b = _lattice_box(vol_to_lat, lo, hi)
-    pts = _grid(a, b)
-    v = _nearest(pts, np.linalg.inv(vol_to_lat))  # lattice voxel centre -> nearest volume voxel
-    inside = np.all((v >= lo) & (v <= hi), axis=1)
-    shape = tuple((b - a + 1)[::-1])
-    values = np.zeros(len(pts), np.uint8)
-    vi = v[inside] - lo
-    values[inside] = mask_kji[vi[:, 2], vi[:, 1], vi[:, 0]] > 0
+    shift = _integer_shift(vol_to_lat)
+    if shift is not None:  # same voxels: the slab itself, no sampling
+        a, b = lo + shift, hi + shift
+        shape = tuple((b - a + 1)[::-1])
+        inside = np.ones(int(np.prod(shape)), bool)
+        values = (mask_kji > 0).astype(np.uint8).ravel()
+    else:
+        a, b = _lattice_box(vol_to_lat, lo, hi)
+        pts = _grid(a, b)
+        v = _nearest(pts, np.linalg.inv(vol_to_lat))  # lattice voxel centre -> nearest volume voxel
+        inside = np.all((v >= lo) & (v <= hi), axis=1)
+        shape = tuple((b - a + 1)[::-1])
+        values = np.zeros(len(pts), np.uint8)
+        vi = v[inside] - lo
+        values[inside] = mask_kji[vi[:, 2], vi[:, 1], vi[:, 0]] > 0
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     extent = [int(a[0]), int(b[0]), int(a[1]), int(b[1]), int(a[2]), int(b[2])]
     keep = _image((~inside).astype(np.uint8).reshape(shape), a, lattice)
@@ -147,9 +162,22 @@ def read_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, fir
     labelmap.GetImageToWorldMatrix(m)
     vol_to_lat = np.linalg.inv(_matrix(m)) @ volume_ijk_to_segmentation(volumeNode, segmentationNode)
     data = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    value = segment.GetLabelValue()
+    shift = _integer_shift(vol_to_lat)
+    if shift is not None:  # same voxels: copy the overlap of the slab and the labelmap's extent
+        out = np.zeros(out_shape, bool)
+        start = lo + shift - np.array([e[0], e[2], e[4]])  # slab origin in the labelmap's array, (i, j, k)
+        src_lo = np.maximum(start, 0)
+        src_hi = np.minimum(start + (hi - lo + 1), np.array(data.shape[::-1]))
+        if np.all(src_hi > src_lo):
+            dst_lo = src_lo - start
+            dst_hi = dst_lo + (src_hi - src_lo)
+            out[dst_lo[2]:dst_hi[2], dst_lo[1]:dst_hi[1], dst_lo[0]:dst_hi[0]] = (
+                data[src_lo[2]:src_hi[2], src_lo[1]:src_hi[1], src_lo[0]:src_hi[0]] == value)
+        return out
     p = _nearest(_grid(lo, hi), vol_to_lat) - np.array([e[0], e[2], e[4]])
     ok = np.all((p >= 0) & (p < np.array(data.shape[::-1])), axis=1)
     out = np.zeros(len(p), bool)
     q = p[ok]
-    out[ok] = data[q[:, 2], q[:, 1], q[:, 0]] == segment.GetLabelValue()
+    out[ok] = data[q[:, 2], q[:, 1], q[:, 0]] == value
     return out.reshape(out_shape)
