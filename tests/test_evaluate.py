@@ -192,3 +192,18 @@ def test_reader_skips_are_listed_in_the_run_report(totalseg, tmp_path):
     assert [s["case"] for s in read_dataset(root).skipped] == ["unlabelled"]
     report = evaluate(root, "box-middle", tmp_path / "run", engine="baseline", overlays=False)
     assert report["cases"]["skipped_by_reader"][0]["case"] == "unlabelled"
+
+
+def test_every_json_written_is_valid_json_without_nan(totalseg, tmp_path):
+    """Before: case records and report.json held NaN (not JSON) for undefined metrics, e.g. HD95 of an
+    empty prediction. Now null, with a note saying what null means; statistics still treat it as NaN."""
+    root = plain_ct_dataset(totalseg, tmp_path / "ds", ["ct_a"], ["liver", "kidney_left"])
+    run = tmp_path / "run"
+    evaluate(root, "box-middle", run, engine="baseline", overlays=False, stop_after=1)
+    from sam2volume.io.atomic import json_text
+
+    assert json_text({"a": float("nan"), "b": [np.float32("inf")], "c": np.int64(3)}) == '{\n  "a": null,\n  "b": [\n    null\n  ],\n  "c": 3\n}'
+    for f in list(run.rglob("*.json")):
+        json.loads(f.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(f"{f}: {c}")))
+    report = json.loads((run / "report.json").read_text())
+    assert "null stands for" in report["null_values"]

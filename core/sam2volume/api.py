@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, check_count
 from .io import read_volume, write_labelmap
-from .io.atomic import atomic_output, check_output, split_suffix
+from .io.atomic import atomic_output, check_output, json_text, split_suffix
 from .io.writers import check_segment_names, output_kind
 from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
@@ -159,5 +158,5 @@ def segment(
             save_overlay_png(vol, result, png, window=session.window, axis=session.axis.axis, title=title)
             report["png"] = str(png)
         with atomic_output(report_path(output)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=str))
+            tmp.write_text(json_text(report))
     return result, report

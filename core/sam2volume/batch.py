@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, Sam2VolumeError, check_count
-from .io.atomic import check_output, remove_partials, split_suffix, write_text_atomic
+from .io.atomic import check_output, remove_partials, split_suffix, write_json_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
 from .locks import FileLock
@@ -138,7 +138,7 @@ def batch(
     with FileLock(out_dir / LOCK_NAME, f"batch folder {out_dir}"):  # one writer per folder
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():
-            write_text_atomic(out_dir / SETTINGS_FILE, json.dumps({"settings": settings, "versions": _versions()}, indent=2))
+            write_json_atomic(out_dir / SETTINGS_FILE, {"settings": settings, "versions": _versions()})
         if engine == "sam2" and predictor is None and server is None and any(pr is not None for _, _, pr in todo):
             from .engine.predictor import build_predictor
 
@@ -172,5 +172,5 @@ def batch(
                 bar.update(1)
         if bar is not None:
             bar.close()
-        write_text_atomic(out_dir / "batch_report.json", json.dumps(report, indent=2, default=str))
+        write_json_atomic(out_dir / "batch_report.json", report)
         return report

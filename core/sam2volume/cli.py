@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
 from . import __version__
 from .errors import Sam2VolumeError
+from .io.atomic import json_text
 
 
 def _add_read_options(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     vol = read_volume(args.path, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
     info = vol.summary()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json_text(info))
     else:
         for key, value in info.items():
             print(f"{key:>15}: {value}")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, Sam2VolumeError, check_count
-from ..io.atomic import remove_partials, write_text_atomic
+from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
 from ..locks import FileLock
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
@@ -200,7 +200,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
 
     cleaned = [str(p.relative_to(run_dir)) for p in remove_partials(run_dir, recursive=True)]
     if not settings_file.is_file():
-        write_text_atomic(settings_file, json.dumps({"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+        write_json_atomic(settings_file, {"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     todo = [c for c in cases if not _case_done(run_dir, c.case_id)
             or (save_predictions and not all((run_dir / "predictions" / f"{c.case_id}.{e}.nii.gz").is_file() for e in engines))]
@@ -222,7 +222,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
         record = _run_case(case, ds, objects, proto, engines, factory, seed=seed, stop_after=stop_after,
                            tol_table=tol_table, tol_default=tol_default, run_dir=run_dir, overlays=overlays,
                            save_predictions=save_predictions)
-        write_text_atomic(_case_file(run_dir, case.case_id), json.dumps(record, indent=2, default=_json_default))
+        write_json_atomic(_case_file(run_dir, case.case_id), {**record, "null_values": NULL_NOTE})
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(case.case_id)
@@ -237,16 +237,6 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
         "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned},
         "seconds_this_invocation": round(time.perf_counter() - t_run, 3),
     })
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _run_case(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import atomic_output, write_text_atomic
+from ..io.atomic import NULL_NOTE, atomic_output, write_json_atomic, write_text_atomic
 from ..metrics import MetricAccumulator, Scores
 
 SCORE_COLUMNS = ("case", "engine", "object", "dice", "iou", "nsd", "hd95", "assd", "tolerance_mm", "pred_empty", "ref_empty",
@@ -31,7 +31,13 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) 
 def load_records(run_dir: Path, case_ids: list[str] | None = None) -> list[dict[str, Any]]:
     folder = run_dir / "cases"
     files = [folder / f"{c}.json" for c in case_ids] if case_ids is not None else sorted(folder.glob("*.json"))
-    return [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
+    records = [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
+    for rec in records:  # JSON holds undefined metrics as null: back to NaN for the statistics
+        for row in rec.get("rows", []):
+            for key in ("dice", "iou", "nsd", "hd95", "assd"):
+                if key in row and row[key] is None:
+                    row[key] = float("nan")
+    return records
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -128,7 +134,7 @@ def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> d
         "files": {"scores": "scores.csv", "summary": "summary.csv", "boxplot": str(plot.relative_to(run_dir)) if plot else None,
                   "overlays": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "overlays").glob("*.png"))},
     }
-    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str))
+    write_json_atomic(run_dir / "report.json", {**report, "null_values": NULL_NOTE})
     return report
 
 

@@ -91,3 +91,32 @@ def check_output(path: str | os.PathLike[str], inputs: "list[str | os.PathLike[s
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} folder {existing} is not writable; choose another output folder")
     return path
+
+
+NULL_NOTE = "null stands for a number that is undefined here (NaN), e.g. a surface distance when a mask is empty"
+
+
+def _finite_or_none(value: object) -> object:
+    """JSON has no NaN or infinity: those become null; numpy scalars and arrays become plain values."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return _finite_or_none(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(data: object, *, indent: int | None = 2, default=str) -> str:
+    """Valid JSON (never NaN/Infinity: null instead), for every file and answer we write."""
+    import json
+
+    return json.dumps(_finite_or_none(data), indent=indent, default=default, allow_nan=False)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: object, *, indent: int | None = 2) -> None:
+    write_text_atomic(path, json_text(data, indent=indent))

@@ -232,9 +232,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from ..io.atomic import write_text_atomic
+    from ..io.atomic import json_text, write_text_atomic
 
-    write_text_atomic(path, json.dumps(data))
+    write_text_atomic(path, json_text(data, indent=None))
 
 
 def _total_length(headers, status: int, have: int) -> int | None:
