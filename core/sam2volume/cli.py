@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional packages -> how to install them (pip install . installs only the core)
+EXTRAS = {
+    "torch": "PyTorch: pip install torch (see README: it must match your GPU), then pip install 'segment-with-sam2[engine]'",
+    "hydra": "pip install 'segment-with-sam2[engine]'",
+    "iopath": "pip install 'segment-with-sam2[engine]'",
+    "omegaconf": "pip install 'segment-with-sam2[engine]'",
+    "sam2": "SAM2: pip install --no-deps rf-sam-2==1.0.3 (without its torchvision requirement; see README)",
+    "monai": "pip install 'segment-with-sam2[metrics]'",
+    "matplotlib": "pip install 'segment-with-sam2[plots]'",
+    "fastapi": "pip install 'segment-with-sam2[server]'",
+    "uvicorn": "pip install 'segment-with-sam2[server]'",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming what to install when an optional package is missing, or None if it is not one."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return f"this command needs the optional package {top!r}, which is not installed: {EXTRAS[top]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -90,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Sam2VolumeError as exc:
         print(f"sam2volume {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        print(f"sam2volume {args.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `sam2volume models | head`
         return 0
