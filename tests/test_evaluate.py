@@ -114,7 +114,7 @@ def test_a_killed_run_resumes_without_losing_or_redoing_cases(totalseg, tmp_path
     assert again["resumed"]["cases_already_done"] == 4
 
 
-def test_bad_inputs_fail_early_or_are_listed_in_the_report(totalseg, tmp_path):
+def test_bad_inputs_fail_early_or_are_listed_in_the_report(totalseg, tmp_path, capsys):
     root = plain_ct_dataset(totalseg, tmp_path / "ds", ["good"], ["liver", "spleen", "pancreas", "urinary_bladder"])
     # a case whose label is on another grid (the MR's labels next to the CT)
     link(totalseg / "example_ct_sm.nii.gz", root / "images/mismatch.nii.gz")
@@ -141,6 +141,13 @@ def test_bad_inputs_fail_early_or_are_listed_in_the_report(totalseg, tmp_path):
     assert {r["object"] for r in _rows(run)} == {"liver"}
     with pytest.raises(InputError, match="other settings.*seed"):
         evaluate(root, "box-middle", run, engine="baseline", organs=["liver", "urinary_bladder"], overlays=False, seed=3)
+    # the command exits 1 when a case failed, and -q still prints the summary and the failure (issue 12)
+    capsys.readouterr()
+    code = main(["evaluate", str(root), "--protocol", "box-middle", "-o", str(run), "--engine", "baseline", "-q",
+                 "--organs", "liver", "urinary_bladder", "--no-overlays"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "1 of 3 cases failed" in err and "failed: mismatch" in err
+    assert "n=2" in out and "Dice 0." in out and "nan" not in out
 
 
 def test_compare_two_runs_and_the_cli(totalseg, tmp_path, capsys):

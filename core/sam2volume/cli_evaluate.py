@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, add_server_options, engine_config, server_options
 
@@ -66,15 +67,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
         save_predictions=args.save_predictions, limit=args.limit, progress=not args.quiet, **server_options(args),
     )
-    if not args.quiet:
-        c = report["cases"]
-        print(f"{c['finished']}/{c['total']} cases ({report['resumed']['cases_already_done']} from before), "
-              f"{len(c['errors'])} errors, {len(c['skipped_by_reader'])} skipped by the reader")
-        for engine, objs in report["summary"].items():
-            for obj, e in objs.items():
-                print(f"  {engine:<10} {obj:<28} n={e['cases']:<4} Dice {e['dice']['mean']:.3f} ± {e['dice']['sd']:.3f}   NSD {e['nsd']['mean']:.3f}")
-        print(f"wrote {args.output}/scores.csv, summary.csv, report.json, plots/")
+    # -q hides the progress bars only: the summary and the errors are always printed
+    c = report["cases"]
+    print(f"{c['finished']}/{c['total']} cases ({report['resumed']['cases_already_done']} from before), "
+          f"{len(c['errors'])} failed, {len(c['skipped_by_reader'])} skipped by the reader")
+    for engine, objs in report["summary"].items():
+        for obj, e in objs.items():
+            print(f"  {engine:<10} {obj:<28} n={e['cases']:<4} Dice {_mean_sd(e['dice'])}   NSD {_mean_sd(e['nsd'])}")
+    for err in c["errors"]:
+        print(f"  failed: {err['case']}: {err['error']}", file=sys.stderr)
+    print(f"wrote {args.output}/scores.csv, summary.csv, report.json, plots/")
+    if c["errors"]:
+        print(f"sam2volume evaluate: {len(c['errors'])} of {c['total']} cases failed (see above and report.json)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _mean_sd(stats: dict) -> str:
+    """'0.891 ± 0.020'; one case has no spread, so no '± nan'; no value at all is 'n/a'."""
+    mean, sd = stats.get("mean"), stats.get("sd")
+    if mean is None or mean != mean:
+        return "n/a"
+    return f"{mean:.3f}" if sd is None or sd != sd else f"{mean:.3f} ± {sd:.3f}"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
