@@ -14,7 +14,6 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -114,6 +113,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createSegmentButton.connect("clicked(bool)", self.onCreateSegment)
         self.ui.initializeButton.connect("clicked(bool)", self.onInitialize)
         self.ui.undoPromptButton.connect("clicked(bool)", self.onUndoPrompt)
+        self.ui.fromSegmentButton.connect("clicked(bool)", self.onFromSegment)
         self.ui.useRangeCheckBox.connect("toggled(bool)", lambda on: self.ui.sliceRangeWidget.setEnabled(on))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -137,6 +137,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         self._setShortcuts(False)
+        self._checked = None
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -172,7 +173,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------- dependencies
     def checkDependencies(self) -> bool:
-        """On module entry (and when the mode or engine changes): offer to install what is missing."""
+        """On module entry (and from Initialize): offer to install what this mode and engine need.
+        A refusal is remembered until the module is left, so entering again asks again."""
         from SegmentWithSAM2Lib import dependencies
 
         if self._parameterNode is None:
@@ -198,13 +200,15 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checked = None
             if not self.checkDependencies():
                 return
+            settings = self.settings()
             progress = slicer.util.createProgressDialog(labelText="Starting the engine server ...", maximum=0)
             try:
                 slicer.app.processEvents()
-                url, _ = self.logic.link.endpoint(self.settings())
+                url, _ = self.logic.link.endpoint(settings)
             finally:
                 progress.close()
-            self._status(f"engine server ready at {url}")
+            where = "local engine server running at" if settings.mode == "local" else "remote server (reached at the first prompt):"
+            self._status(f"{where} {url}")
 
     # ------------------------------------------------------------- prompts
     def _observePromptNodes(self) -> None:
@@ -258,7 +262,11 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if kind == "box":
                 centre = [0.0] * 3
                 node.GetCenterWorld(centre)
-                u = self.logic.addBox(volume, seg, segmentId, node, slice_node_for_point(centre, self._sliceNodes()), settings)
+                try:
+                    u = self.logic.addBox(volume, seg, segmentId, node, slice_node_for_point(centre, self._sliceNodes()), settings)
+                except Exception:
+                    node.RemoveAllControlPoints()  # a refused box is not left on screen as if it counted
+                    raise
                 if u is None:
                     return  # the first of the box's two clicks
                 self._observePromptNode("box", self.logic.prompts.get("box"))
@@ -267,20 +275,20 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 point = [0.0] * 3
                 node.GetNthControlPointPositionWorld(n, point)
                 node.SetNthControlPointDescription(n, segmentId)
-                self.logic.addPoints(volume, seg, segmentId, [point], [kind == "positive"],
-                                     slice_node_for_point(point, self._sliceNodes()), settings,
-                                     key=(node.GetID(), node.GetNthControlPointID(n)))
+                try:
+                    self.logic.addPoints(volume, seg, segmentId, [point], [kind == "positive"],
+                                         slice_node_for_point(point, self._sliceNodes()), settings,
+                                         key=(node.GetID(), node.GetNthControlPointID(n)))
+                except Exception:
+                    node.RemoveNthControlPoint(n)  # a refused point is not left on screen as if it counted
+                    raise
             self._status(f"{kind}: mask shown" + (f" ({self.logic.lastMessage})" if self.logic.lastMessage else ""))
             self.logic.lastMessage = ""
 
-    @vtk.calldata_type(vtk.VTK_INT)
-    def onPointMoved(self, caller, event, index) -> None:
+    def onPointMoved(self, caller, event) -> None:
         with slicer.util.tryWithErrorDisplay("Could not move this prompt.", waitCursor=True):
             volume, seg, _ = self._segment()
-            point = [0.0] * 3
-            caller.GetNthControlPointPositionWorld(index, point)
-            self.logic.movePoint(volume, seg, (caller.GetID(), caller.GetNthControlPointID(index)), point,
-                                 slice_node_for_point(point, self._sliceNodes()))
+            self.logic.syncMovedPoints(volume, seg, caller, self._sliceNodes())
 
     def onPointRemoved(self, caller, event) -> None:
         with slicer.util.tryWithErrorDisplay("Could not remove this prompt.", waitCursor=True):
@@ -292,6 +300,26 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume, seg, segmentId = self._segment()
             self.logic.undoLastPrompt(volume, seg, segmentId)
             self._status("last prompt undone")
+
+    def _promptView(self, volume, seg):
+        """The shown slice view whose orientation matches this segmentation's prompts (else the red one)."""
+        nodes = self._sliceNodes()
+        c = self.logic.controllers.get((volume.GetID(), seg.GetID()))
+        for node in nodes:
+            try:
+                if c is None or c.axis is None or self.logic.currentSlice(volume, seg, node) is not None:
+                    return node
+            except ValueError:
+                continue
+        if not nodes:
+            raise ValueError("no slice view is shown")
+        return nodes[0]
+
+    def onFromSegment(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start from the segment.", waitCursor=True):
+            volume, seg, segmentId = self._segment()
+            self.logic.addMaskFromSegment(volume, seg, segmentId, self._promptView(volume, seg), self.settings())
+            self._status("the segment's slice is now a mask prompt; propagate")
 
     def _setShortcuts(self, on: bool) -> None:
         for s in self._shortcuts:
@@ -317,10 +345,11 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.ui.useRangeCheckBox.checked:
                 sliceRange = (int(self.ui.sliceRangeWidget.minimumValue), int(self.ui.sliceRangeWidget.maximumValue))
             ids = None if self.ui.allSegmentsCheckBox.checked else [segmentId]
+            start = self.logic.currentSlice(volume, seg, self._promptView(volume, seg)) if self.ui.fromCurrentSliceCheckBox.checked else None
             self.saveStateForUndo(seg, volume)
             self.ui.progressBar.setValue(0)
             self.logic.startPropagation(volume, seg, self.settings(), segmentIds=ids, sliceRange=sliceRange,
-                                        onProgress=self._progress, onDone=self._propagated, onError=self._error)
+                                        onProgress=self._progress, onDone=self._propagated, onError=self._error, start=start)
             self._status("propagating ... (Cancel stops after the current slice)")
 
     def onTimer(self) -> None:

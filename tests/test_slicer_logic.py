@@ -7,6 +7,7 @@ export (``slicer.util.arrayFromSegmentBinaryLabelmap``) and compared with the en
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -358,23 +359,39 @@ def test_out_of_memory_advice_names_options_the_module_shows():
         assert f"({option}" in message and any(t and t.rstrip(":") == option for t in texts), option
 
 
-def test_moved_and_deleted_points_update_the_prompts(ct, labels, logic):
-    """Also-list: a point moved or deleted in the view changes the prompts and the slice."""
+def test_moved_deleted_and_undone_points_update_the_prompts(ct, labels, logic):
+    """Also-list: a point moved or deleted in the view changes the prompts and the slice; undo of the
+    last prompt removes its point too."""
     seg, sid = logic.prepareSegmentation(ct)
     k = 14
     jj, ii = np.nonzero(labels[k] == 5)
     n = len(ii) // 2
     red = red_at(ct, [0, 0, k])
-    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, [ii[n], jj[n], k])], [True], red, BASELINE, key=("fid", "p1"))
+    points = logic.prompts.get("positive")
+
+    def click(ijk):
+        points.AddControlPointWorld(*sc.ras_of(ct, ijk))
+        i = points.GetNumberOfControlPoints() - 1
+        logic.addPoints(ct, seg, sid, [sc.ras_of(ct, ijk)], [True], red, BASELINE,
+                        key=(points.GetID(), points.GetNthControlPointID(i)))
+
+    click([ii[n], jj[n], k])
     on_liver = sc.segment_array(seg, sid, ct)[k]
     assert (on_liver & (labels[k] == 5)).sum() > 0.5 * on_liver.sum()
-    jb, ib = np.argwhere(labels[k] == 1)[0] if (labels[k] == 1).any() else (20, 100)
-    logic.movePoint(ct, seg, ("fid", "p1"), sc.ras_of(ct, [ib, jb, k]), red)
+    assert logic.syncMovedPoints(ct, seg, points, [red]) == []  # nothing moved
+    jb, ib = np.argwhere(labels[k] == 1)[len(np.argwhere(labels[k] == 1)) // 2]
+    points.SetNthControlPointPositionWorld(0, *sc.ras_of(ct, [ib, jb, k]))  # dragged onto the spleen
+    assert logic.syncMovedPoints(ct, seg, points, [red])
     moved = sc.segment_array(seg, sid, ct)[k]
-    assert not np.array_equal(moved, on_liver)
+    assert not np.array_equal(moved, on_liver) and (moved & (labels[k] == 1)).sum() > 0.5 * moved.sum()
     assert np.array_equal(moved, session_mask(logic, ct, seg, sid)[k])
-    logic.removePoint(ct, seg, ("fid", "p1"))
+    points.RemoveNthControlPoint(0)  # deleted from the view
+    logic.removeMissingPoints(ct, seg, points)
     assert not sc.segment_array(seg, sid, ct)[k].any()
+    click([ii[n], jj[n], k])
+    assert points.GetNumberOfControlPoints() == 1 and sc.segment_array(seg, sid, ct)[k].any()
+    logic.undoLastPrompt(ct, seg, sid)
+    assert points.GetNumberOfControlPoints() == 0 and not sc.segment_array(seg, sid, ct)[k].any()
 
 
 def test_a_settings_change_replays_the_prompts(ct, labels, logic):
@@ -403,6 +420,12 @@ def test_reset_while_a_job_runs_returns_at_once(ct, labels, link):
     t = time.monotonic()
     logic.reset()
     assert time.monotonic() - t < 1.0 and not logic.busy and not logic.controllers
+    closing = [c for _, c in logic._closing if c is not None]
+    deadline = time.monotonic() + 60
+    while logic._closing and time.monotonic() < deadline:  # the timer closes the session once the job stopped
+        logic.poll()
+        time.sleep(0.05)
+    assert not logic._closing and closing and all(c.session is None for c in closing)
 
 
 def test_self_test_runs_offline_on_slicer_core(link):
@@ -416,3 +439,88 @@ def test_self_test_runs_offline_on_slicer_core(link):
     logic.reset()
     assert dice > 0.85, dice
     assert any("Dice" in s for s in seen)
+
+
+REMOTE_CHILD = """
+import sys, json
+HEAVY = ("torch", "sam2", "hydra", "scipy", "SimpleITK", "nibabel", "pydicom", "fastapi", "uvicorn", "monai")
+for name in HEAVY:
+    sys.modules[name] = None  # importing any of them now fails, as in a Slicer without them
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import numpy as np
+import slicer_scene as sc
+from SegmentWithSAM2Lib.engine_link import Settings
+from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic
+args = json.loads(sys.argv[3])
+sc.fresh_scene()
+ct = sc.load_volume(args["ct"], "ct")
+settings = Settings(mode="remote", serverUrl=args["url"], serverToken=args["token"], engine="baseline", window="abdomen")
+logic = SegmentWithSAM2Logic()
+seg, sid = logic.prepareSegmentation(ct)
+logic.addPoints(ct, seg, sid, [sc.ras_of(ct, args["point"])], [True], sc.slice_node("Red", sc.ras_of(ct, args["point"])), settings)
+logic.startPropagation(ct, seg, settings)
+logic.wait(60)
+assert logic.task.error is None, logic.task.error
+got = sc.segment_array(seg, sid, ct)
+assert got.sum() > 0
+assert logic.link.server is None  # nothing was started locally
+print(json.dumps({"voxels": int(got.sum()), "slices": int(got.any(axis=(1, 2)).sum()),
+                  "loaded": sorted(m for m in HEAVY if sys.modules.get(m) is not None)}))
+logic.reset()
+"""
+
+
+def test_remote_mode_needs_no_torch_or_engine_packages_in_slicer(totalseg, labels, link):
+    """What users of SlicerNNInteractive have: a remote GPU server, and no torch in Slicer's Python."""
+    import json
+    import subprocess
+
+    server = link.local_server(BASELINE)  # stands for the GPU machine's server (its own process)
+    k = 14
+    jj, ii = np.nonzero(labels[k] == 5)
+    point = [int(ii[len(ii) // 2]), int(jj[len(jj) // 2]), k]
+    args = json.dumps({"ct": str(totalseg / "example_ct_sm.nii.gz"), "url": server.url, "token": server.token, "point": point})
+    out = subprocess.run([sys.executable, "-c", REMOTE_CHILD, str(sc.MODULE), str(sc.ROOT / "tests"), args],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["voxels"] > 0 and report["slices"] > 1 and report["loaded"] == []
+
+
+def test_start_from_an_existing_segment_and_propagate_up_from_the_current_slice(ct, labels, logic):
+    """What SlicerSegmentWithSAM users have: a segment's slice as the mask prompt; propagate one way
+    from the slice the view shows."""
+    seg, sid = logic.prepareSegmentation(ct, None, "liver")
+    k = 14
+    drawn = np.zeros(labels.shape, bool)
+    drawn[k] = labels[k] == 5  # the user drew the liver on one slice
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn.astype(np.uint8), seg, sid, ct)
+    red = red_at(ct, [0, 0, k])
+    with pytest.raises(InputError, match="empty"):
+        logic.addMaskFromSegment(ct, seg, sid, red_at(ct, [0, 0, 0]), BASELINE)
+    logic.addMaskFromSegment(ct, seg, sid, red, BASELINE)
+    start = logic.currentSlice(ct, seg, red)
+    up = Settings(**{**BASELINE.__dict__, "direction": "forward"})
+    logic.startPropagation(ct, seg, up, start=start)
+    logic.wait(60)
+    got = sc.segment_array(seg, sid, ct)
+    assert np.array_equal(got, session_mask(logic, ct, seg, sid))
+    assert np.array_equal(got[k], drawn[k])  # the mask prompt is kept as drawn
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    below = [s for s in range(c.session.num_slices) if s < start]
+    assert below and not any(c.session.frame_mask(c.labels[sid], s).any() for s in below)  # nothing below the start
+    assert got.any(axis=(1, 2)).sum() > 3
+
+
+def test_prompts_survive_a_touched_volume_and_go_only_when_its_voxels_change(ct, labels, logic):
+    """Prompts are never dropped silently: an MTime bump keeps them; changed voxels clear them and say so."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    ct.GetImageData().Modified()  # touched, not changed
+    assert logic.controllerFor(ct, seg, BASELINE) is c and len(c.prompts) == 1
+    arr = slicer.util.arrayFromVolume(ct)
+    arr[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(ct)
+    assert logic.controllerFor(ct, seg, BASELINE) is not c and "cleared" in logic.lastMessage

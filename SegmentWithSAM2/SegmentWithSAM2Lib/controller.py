@@ -133,6 +133,34 @@ class SegmentationController:
         ijk[:, view.voxel_axis] = view.index
         return self._add(Prompt(segment_id, "box", ijk, key=key), view.axis)
 
+    def add_mask(self, segment_id: str, slice_kji: np.ndarray, slice_to_ras: np.ndarray,
+                 world_to_local: np.ndarray | None = None) -> SliceUpdate:
+        """Start from an existing segment: its content on the slice a view shows (``slice_kji``, the
+        volume slice in Slicer's [k, j, i] order with one voxel along the view's axis) as a mask prompt."""
+        view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
+        mask = np.asarray(slice_kji, bool).transpose(2, 1, 0)
+        if not mask.any():
+            raise InputError(f"the segment is empty on {view.axis} slice {view.index}; draw it there first, or click a prompt")
+        full = np.zeros(self.volume.shape, bool)
+        index: list[Any] = [slice(None)] * 3
+        index[view.voxel_axis] = slice(view.index, view.index + 1)
+        full[tuple(index)] = mask
+        session = self._session_for(view.axis)
+        v = [0, 0, 0]
+        v[view.voxel_axis] = view.index
+        s = session.slice_of(v)
+        frame = session.mask_on_slice(full, s)[1]
+        return self._add(Prompt(segment_id, "mask", mask=frame, slice=s), view.axis)
+
+    def slice_of_view(self, slice_to_ras: np.ndarray, world_to_local: np.ndarray | None = None) -> int:
+        """The session's slice number that a view shows (to propagate from the current slice)."""
+        view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
+        if self.session is None or view.axis != self.axis:
+            raise InputError(f"the view shows a {view.axis} slice; the prompts are in {self.axis or 'no'} views")
+        v = [0, 0, 0]
+        v[view.voxel_axis] = view.index
+        return self.session.slice_of(v)
+
     def _add(self, prompt: Prompt, axis: str) -> SliceUpdate:
         session = self._session_for(axis)
         self._send(session, prompt)
@@ -173,6 +201,10 @@ class SegmentationController:
         """The markup point that made a prompt was deleted: the prompt goes too."""
         n = self._find(key)
         return self._replace_prompts(self.prompts[n].segment_id, lambda ps: ps.pop(n))
+
+    def prompt_points(self, key: Any) -> np.ndarray:
+        """The voxel indices a markup's prompt holds (to tell whether the markup moved)."""
+        return np.array(self.prompts[self._find(key)].ijk, copy=True)
 
     def has_prompt(self, key: Any) -> bool:
         return any(p.key == key for p in self.prompts)
@@ -237,7 +269,7 @@ class SegmentationController:
 
     # -------------------------------------------------------------- propagate
     def start_propagation(self, direction: str = "both", *, segment_ids: list[str] | None = None,
-                          slice_range: tuple[int, int] | None = None, stop_after: int | None = 3):
+                          slice_range: tuple[int, int] | None = None, stop_after: int | None = 3, start: int | None = None):
         """Start propagating (all prompted segments, or ``segment_ids``); returns the job to poll.
 
         ``slice_range`` is in the session's slice numbering (anatomical order along the axis).
@@ -248,7 +280,8 @@ class SegmentationController:
         unknown = [s for s in ids if s not in self.labels]
         if unknown:
             raise InputError(f"segment(s) {', '.join(unknown)} have no prompts yet; click on a slice first")
-        kwargs = dict(direction=direction, objects=[self.labels[s] for s in ids], slice_range=slice_range, stop_after=stop_after)
+        kwargs = dict(direction=direction, objects=[self.labels[s] for s in ids], slice_range=slice_range, stop_after=stop_after,
+                      start=start)
         if hasattr(self.session, "start_propagation"):
             return self.session.start_propagation(**kwargs)
         return InlineJob(self.session, kwargs)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 MODES = ["local", "remote"]
+LOCAL_IDLE_TIMEOUT_S = 4 * 3600  # a session untouched this long is freed (a safety net: the module closes its own)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class EngineLink:
         if self.server is None:
             log = self.log_file or os.path.join(os.path.expanduser("~"), ".cache", "sam2volume", "slicer-server.log")
             os.makedirs(os.path.dirname(log), exist_ok=True)
-            args = self.engine_args
+            args = ("--idle-timeout", str(LOCAL_IDLE_TIMEOUT_S)) + self.engine_args
             if settings.checkpoint:  # served as model "custom", with the chosen model's SAM2 config
                 from sam2volume.models.registry import get_model
 

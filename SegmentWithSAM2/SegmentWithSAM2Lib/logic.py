@@ -41,6 +41,12 @@ def matrix(getter) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(m)
 
 
+def _digest(array: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest() + str(array.shape)
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user sees: the error's own, with advice naming options the module shows."""
     text = str(exc) or type(exc).__name__
@@ -195,8 +201,23 @@ class PropagationTask:
                 log.exception("the error callback failed")
 
     def cancel(self) -> None:
-        if not self.finished:
+        if not self.job.finished:
             self.job.cancel()
+
+    @property
+    def server_busy(self) -> bool:
+        """The server's job still runs (after a failure here, or a cancel, until it stops)."""
+        return not self.job.finished
+
+    def drain(self) -> bool:
+        """Poll the server's job without writing anything; True once it has ended."""
+        if not self.job.finished:
+            try:
+                self.job.poll()
+            except Exception as exc:  # noqa: BLE001 - a vanished server has ended the job too
+                log.warning("while waiting for a cancelled job: %s", exc)
+                return True
+        return self.job.finished
 
 
 class SegmentWithSAM2Logic:
@@ -208,43 +229,65 @@ class SegmentWithSAM2Logic:
         self.controllers: dict[tuple[str, str], SegmentationController] = {}
         self._keys: dict[tuple[str, str], tuple] = {}
         self.task: PropagationTask | None = None
+        self._closing: list[tuple[PropagationTask, SegmentationController | None]] = []  # jobs ending on the server
         self.prompts = PromptNodes(self.scene)
         self.lastMessage = ""
 
     # ------------------------------------------------------------ sessions
     @property
     def busy(self) -> bool:
-        return self.task is not None and not self.task.finished
+        """A propagation is running (or, after an error, still stopping on the server)."""
+        return self.task is not None and (not self.task.finished or self.task.server_busy)
 
     def sessionFactory(self, settings: Settings):
         return self.link.factory(settings)
 
     def controllerFor(self, volumeNode, segmentationNode, settings: Settings) -> SegmentationController:
-        """The controller of this (volume, segmentation); new engine settings replay its prompts."""
+        """The controller of this (volume, segmentation). New engine settings replay its prompts; only
+        a change of the volume's voxels or geometry starts over, and says so in :attr:`lastMessage`."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise InputError("choose an input volume with image data first")
+        if segmentationNode is None:
+            raise InputError("choose a segmentation and segment first (or press New segment)")
         key = (volumeNode.GetID(), segmentationNode.GetID())
-        skey = (settings.session_key(), volumeNode.GetImageData().GetMTime())
         controller = self.controllers.get(key)
-        if controller is not None and self._keys[key] != skey:
+        if controller is not None and self._volumeChanged(key, volumeNode):
+            if self.busy:
+                raise InputError("a propagation is running; wait for it or press Cancel")
+            self._close(controller)
+            controller = None
+            self.lastMessage = "the volume's voxels or geometry changed: its prompts were cleared; prompt again"
+        if controller is not None and self._keys[key][0] != settings.session_key():
             if self.busy:
                 raise InputError("a propagation is running; wait for it or press Cancel before changing settings")
-            if self._keys[key][1] != skey[1]:
-                controller.close()  # the voxels changed: a new volume, prompts cannot carry over
-                controller = None
-            else:
-                updates = controller.rebuild(self.sessionFactory(settings))
-                self.applyUpdates(updates, segmentationNode, volumeNode)
-                self.lastMessage = f"settings changed: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
-                self._keys[key] = skey
+            updates = controller.rebuild(self.sessionFactory(settings))
+            self._keys[key] = (settings.session_key(),) + self._keys[key][1:]
+            self.applyUpdates(updates, segmentationNode, volumeNode)
+            self.lastMessage = f"settings changed: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
         if controller is None:
             from sam2volume.io.readers import guess_modality
 
             array = slicer.util.arrayFromVolume(volumeNode)
             controller = SegmentationController(array, matrix(volumeNode.GetIJKToRASMatrix), self.sessionFactory(settings),
                                                 name=volumeNode.GetName(), modality=guess_modality(array))
-            self.controllers[key], self._keys[key] = controller, skey
+            self.controllers[key] = controller
+            self._keys[key] = (settings.session_key(), volumeNode.GetImageData().GetMTime(), _digest(array))
         return controller
+
+    def _volumeChanged(self, key, volumeNode) -> bool:
+        """True when the voxels or the IJK-to-RAS geometry differ from the controller's (an MTime
+        change alone, e.g. from a display pipeline, is checked against a digest of the voxels)."""
+        controller = self.controllers[key]
+        if not np.allclose(matrix(volumeNode.GetIJKToRASMatrix), controller.ijk_to_ras):
+            return True
+        mtime = volumeNode.GetImageData().GetMTime()
+        settings_key, seen, digest = self._keys[key]
+        if mtime == seen:
+            return False
+        if _digest(slicer.util.arrayFromVolume(volumeNode)) != digest:
+            return True
+        self._keys[key] = (settings_key, mtime, digest)
+        return False
 
     # ------------------------------------------------------------- prompts
     def addPoints(self, volumeNode, segmentationNode, segmentId, pointsRas, positive, sliceNode, settings: Settings, key=None):
@@ -267,6 +310,26 @@ class SegmentWithSAM2Logic:
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
+    def addMaskFromSegment(self, volumeNode, segmentationNode, segmentId, sliceNode, settings: Settings):
+        """Start from what the segment already holds on the slice ``sliceNode`` shows (a mask prompt)."""
+        c = self.controllerFor(volumeNode, segmentationNode, settings)
+        s2r = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+        w2l = world_to_local(volumeNode)
+        from .geometry import view_slice
+
+        view = view_slice(s2r, c.volume, c.ijk_to_ras, w2l)
+        current = read_slab(segmentationNode, segmentId, volumeNode, view.voxel_axis, view.index, view.index)
+        u = c.add_mask(segmentId, current, s2r, w2l)
+        self.applyUpdates([u], segmentationNode, volumeNode)
+        return u
+
+    def currentSlice(self, volumeNode, segmentationNode, sliceNode) -> int:
+        """The session slice ``sliceNode`` shows, to propagate from it (up or down)."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None:
+            raise InputError("place a point or a box on a slice first")
+        return c.slice_of_view(slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()), world_to_local(volumeNode))
+
     def movePoint(self, volumeNode, segmentationNode, key, pointRas, sliceNode) -> list[SliceUpdate]:
         """A prompt's markup point moved: re-send the segment's prompts and rewrite the touched slices."""
         c = self._existing(volumeNode, segmentationNode)
@@ -282,6 +345,30 @@ class SegmentWithSAM2Logic:
             return []
         updates = c.remove_prompt(key)
         self.applyUpdates(updates, segmentationNode, volumeNode)
+        return updates
+
+    def syncMovedPoints(self, volumeNode, segmentationNode, markupsNode, sliceNodes) -> list[SliceUpdate]:
+        """After a drag in a view (PointEndInteractionEvent, which names no point): the prompts of
+        the points that moved follow them."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None:
+            return []
+        from .geometry import world_to_ijk
+
+        w2l = world_to_local(volumeNode)
+        updates: list[SliceUpdate] = []
+        for i in range(markupsNode.GetNumberOfControlPoints()):
+            key = (markupsNode.GetID(), markupsNode.GetNthControlPointID(i))
+            if not c.has_prompt(key):
+                continue
+            point = [0.0] * 3
+            markupsNode.GetNthControlPointPositionWorld(i, point)
+            now = world_to_ijk([point], c.ijk_to_ras, w2l)[0]
+            before = c.prompt_points(key)[0]
+            moved = np.abs(now - before)
+            moved[c.voxel_axis] = max(0.0, moved[c.voxel_axis] - 0.5)  # within its slice is not a move off it
+            if moved.max() > 1e-3:
+                updates += self.movePoint(volumeNode, segmentationNode, key, point, slice_node_for_point(point, sliceNodes))
         return updates
 
     def removeMissingPoints(self, volumeNode, segmentationNode, markupsNode) -> list[SliceUpdate]:
@@ -300,9 +387,24 @@ class SegmentWithSAM2Logic:
         c = self._existing(volumeNode, segmentationNode)
         if c is None:
             raise InputError("there is no prompt to undo")
+        keys = [p.key for p in c.prompts if segmentId is None or p.segment_id == segmentId]
         updates = c.undo_last_prompt(segmentId)
         self.applyUpdates(updates, segmentationNode, volumeNode)
+        if keys and keys[-1]:
+            self._removeMarkup(keys[-1])
         return updates
+
+    def _removeMarkup(self, key) -> None:
+        """Remove the markup that made a prompt (a point of a list, or a box node)."""
+        node = self.scene.GetNodeByID(key[0])
+        if node is None:
+            return
+        if key[1] == "box":
+            self.scene.RemoveNode(node)
+            return
+        index = node.GetNthControlPointIndexByID(key[1])
+        if index >= 0:
+            node.RemoveNthControlPoint(index)
 
     def _existing(self, volumeNode, segmentationNode) -> SegmentationController | None:
         if volumeNode is None or segmentationNode is None:
@@ -311,7 +413,7 @@ class SegmentWithSAM2Logic:
 
     # ----------------------------------------------------------- propagate
     def startPropagation(self, volumeNode, segmentationNode, settings: Settings, segmentIds=None, sliceRange=None,
-                         onProgress=None, onDone=None, onError=None) -> PropagationTask:
+                         onProgress=None, onDone=None, onError=None, start: int | None = None) -> PropagationTask:
         """Start a propagation on the server and return at once; :meth:`poll` advances it."""
         if self.busy:
             raise InputError("a propagation is already running; wait for it or press Cancel")
@@ -321,14 +423,23 @@ class SegmentWithSAM2Logic:
         ids = list(c.labels) if segmentIds is None else list(segmentIds)
         before = c.result_masks([s for s in ids if s in c.labels])
         job = c.start_propagation(settings.direction, segment_ids=ids, slice_range=sliceRange,
-                                  stop_after=settings.stopAfter or None)
+                                  stop_after=settings.stopAfter or None, start=start)
         self.task = PropagationTask(self, c, job, volumeNode, segmentationNode, ids, before, onProgress, onDone, onError)
         return self.task
 
     def poll(self) -> None:
         """Advance the running propagation (the widget's 50 ms timer calls this)."""
-        if self.task is not None and not self.task.finished:
-            self.task.poll()
+        if self.task is not None:
+            if not self.task.finished:
+                self.task.poll()
+            elif self.task.server_busy:
+                self.task.drain()
+        for item in list(self._closing):
+            task, controller = item
+            if task.drain():
+                self._closing.remove(item)
+                if controller is not None:
+                    self._close(controller)
 
     def wait(self, timeout: float = 600.0, interval: float = 0.05) -> PropagationTask | None:
         """Poll until the running propagation ends (self-test and console; the GUI uses its timer)."""
@@ -348,24 +459,41 @@ class SegmentWithSAM2Logic:
             self.task.cancel()
 
     def reset(self, volumeNode=None, segmentationNode=None) -> None:
-        """Forget prompts (of one segmentation, or all); never waits for a running job."""
+        """Forget prompts (of one segmentation, or all); never waits for a running job: its session
+        is closed by :meth:`poll` once the server has stopped the job."""
+        running = None
         if self.busy and (volumeNode is None or self.task.controller is self._existing(volumeNode, segmentationNode)):
-            self.task.cancel()
-            self.task.finished, self.task = True, None
+            running, self.task = self.task, None
+            running.finished = True
+            try:
+                running.cancel()
+            except Exception as exc:  # noqa: BLE001 - a server already gone must not block Reset
+                log.warning("could not cancel the propagation: %s", exc)
         keys = list(self.controllers) if volumeNode is None else [(volumeNode.GetID(), segmentationNode.GetID())]
         for key in keys:
             c = self.controllers.pop(key, None)
             self._keys.pop(key, None)
-            if c is not None:
-                try:
-                    c.reset()
-                except Exception as exc:  # noqa: BLE001 - a server already gone must not block Reset
-                    log.warning("could not close the engine session: %s", exc)
+            if c is None:
+                continue
+            if running is not None and running.controller is c:
+                self._closing.append((running, c))
+            else:
+                self._close(c)
+        if running is not None and not any(t is running for t, _ in self._closing):
+            self._closing.append((running, None))
         self.prompts.clear()
 
+    @staticmethod
+    def _close(controller: SegmentationController) -> None:
+        try:
+            controller.reset()
+        except Exception as exc:  # noqa: BLE001 - a server already gone must not block Reset
+            log.warning("could not close the engine session: %s", exc)
+
     def close(self) -> None:
-        """Scene closed or module unloaded: stop everything, stop the local server."""
+        """Module unloaded or Slicer closing: stop everything, stop the local server."""
         self.reset()
+        self._closing = []
         self.link.stop()
 
     # ------------------------------------------------------------ write back
