@@ -87,3 +87,18 @@ def test_vanished_client_session_expires_and_frees_memory(totalseg, ct, big):
         assert wait_for(lambda: stats(server)["volumes"] == 0 and stats(server)["jobs_running"] == 0, 30, 0.2)
         assert wait_for(lambda: stats(server)["rss_bytes"] < before + 8 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"], during["rss_bytes"])
         assert "expired after 1.5 s idle" in server.log_tail(20000)
+
+
+def test_a_lost_answer_is_retried_once_and_not_applied_twice(ct):
+    """The answer to a call is lost (the connection drops after the server acted): the client sends it again
+    with the same request id on a new connection and the server answers it once (no second removal)."""
+    import socket
+
+    with local_server() as server, RemoteSession(server.url, ct, engine="baseline", token=server.token) as s:
+        s.add_points(1, [[60, 50, 15]])
+        s.add_points(2, [[30, 50, 15]])
+        s._http._conn.sock.shutdown(socket.SHUT_RD)  # our side of the kept-alive connection can no longer read
+        s.remove_object(1)  # without the request id the retry would fail: "unknown object 1"
+        assert sorted(s.objects) == [2]
+        assert s.result().array.max() == 2
+        assert server.log_tail(20000).count(f"DELETE /v1/sessions/{s.id}/objects/1 ") == 2  # it was sent twice

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import errors
 from .errors import CancelledError, InputError, Sam2VolumeError
-from .server import API_HEADER, API_VERSION
+from .server import API_HEADER, API_VERSION, REQUEST_ID
 from .server.wire import decode_array, encode_array, scores_from_json, unpack_mask, volume_header, volume_id
 from .session_base import PropagationReport, SessionBase
 from .volume import Volume
@@ -80,6 +80,10 @@ class _Http:
         self.timeout = float(timeout)
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
+        self._last = 0.0
+
+    #: a connection idle this long is replaced before use: the server (30 s) or a proxy may have closed it
+    IDLE_REUSE_S = 5.0
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
@@ -87,7 +91,8 @@ class _Http:
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
                 chunked: bool = False, ok: Sequence[int] = (200, 201)) -> tuple[int, bytes]:
-        headers = {API_HEADER: str(API_VERSION), "Accept": "application/json"}
+        # the request id lets the server answer a retry (after a dropped keep-alive connection) only once
+        headers = {API_HEADER: str(API_VERSION), "Accept": "application/json", REQUEST_ID: secrets.token_hex(8)}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if isinstance(body, (dict, list)):
@@ -95,8 +100,9 @@ class _Http:
             headers["Content-Type"] = "application/json"
         timeout = self.timeout if timeout is None else timeout
         where = f"{method} {self._base}{path}"
-        retry = method in ("GET", "HEAD", "DELETE")  # safe to send again on a stale keep-alive connection
         with self._lock:
+            if self._conn is not None and time.monotonic() - self._last > self.IDLE_REUSE_S:
+                self.close_locked()
             for attempt in (0, 1):
                 fresh = self._conn is None
                 if fresh:
@@ -110,12 +116,13 @@ class _Http:
                     resp = conn.getresponse()
                     data = resp.read()
                     status = resp.status
+                    self._last = time.monotonic()
                     if resp.will_close:
                         self.close_locked()
                     break
                 except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                     self.close_locked()
-                    if attempt == 0 and not fresh and (retry or isinstance(exc, BrokenPipeError)):
+                    if attempt == 0 and not fresh and not chunked:  # a stale keep-alive connection: once more, same id
                         continue
                     raise ServerError(f"the sam2volume server at {self.url} closed the connection during {where} "
                                       f"({type(exc).__name__}); it may have stopped or crashed", url=self.url) from None

@@ -6,5 +6,6 @@ only, so the client imports it without FastAPI; :mod:`.app` holds the FastAPI ap
 
 API_VERSION = 1
 API_HEADER = "X-Sam2volume-Api"
+REQUEST_ID = "X-Request-Id"  #: a client's id for one call; a retry with the same id is answered once
 
-__all__ = ["API_VERSION", "API_HEADER"]
+__all__ = ["API_VERSION", "API_HEADER", "REQUEST_ID"]

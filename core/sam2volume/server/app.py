@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import CancelledError, InputError, ModelError, Sam2VolumeError
-from . import API_HEADER, API_VERSION
+from . import API_HEADER, API_VERSION, REQUEST_ID
 from .config import ServerConfig
 from .hosted import HostedSession
 from .pool import ModelPool
@@ -277,10 +277,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             hosted(sid)  # raises NotFound
         return {"closed": sid}
 
-    def run(sid: str, fn: Any) -> Any:
+    def run(sid: str, fn: Any, request: Request | None = None) -> Any:
+        """``fn(engine session)`` under the session's locks; a request sent again with the same
+        X-Request-Id (a client retrying after a dropped connection) gets the first answer, not a second prompt."""
+        rid = request.headers.get(REQUEST_ID) if request is not None else None
         h = hosted(sid)
         with h.call() as session:
-            return fn(session)
+            return h.once(rid, lambda: fn(session))
 
     def prompt_reply(session: Any, label: int, mask: np.ndarray) -> dict[str, Any]:
         obj = session.objects[label]
@@ -289,7 +292,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @v1.post("/sessions/{sid}/objects")
     async def add_object(sid: str, request: Request) -> dict[str, Any]:
         req = parse(AddObject, await body(request))
-        obj = await run_in_threadpool(run, sid, lambda s: s.add_object(req.label, req.name, req.color))
+        obj = await run_in_threadpool(run, sid, lambda s: s.add_object(req.label, req.name, req.color), request)
         return {"label": obj.label, "name": obj.name, "color": obj.color}
 
     @v1.post("/sessions/{sid}/points")
@@ -300,7 +303,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             m = s.add_points(req.label, req.points, req.point_labels, coords="frame", slice_index=req.slice, name=req.name)
             return prompt_reply(s, req.label, m)
 
-        return await run_in_threadpool(run, sid, work)
+        return await run_in_threadpool(run, sid, work, request)
 
     @v1.post("/sessions/{sid}/box")
     async def add_box(sid: str, request: Request) -> dict[str, Any]:
@@ -309,7 +312,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         def work(s: Any) -> dict[str, Any]:
             return prompt_reply(s, req.label, s.add_box(req.label, req.box, slice_index=req.slice, name=req.name))
 
-        return await run_in_threadpool(run, sid, work)
+        return await run_in_threadpool(run, sid, work, request)
 
     @v1.post("/sessions/{sid}/mask")
     async def add_mask(sid: str, request: Request) -> dict[str, Any]:
@@ -319,16 +322,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         def work(s: Any) -> dict[str, Any]:
             return prompt_reply(s, req.label, s.add_mask(req.label, mask, req.slice, name=req.name))
 
-        return await run_in_threadpool(run, sid, work)
+        return await run_in_threadpool(run, sid, work, request)
 
     @v1.delete("/sessions/{sid}/objects/{label}")
-    async def remove_object(sid: str, label: int) -> dict[str, Any]:
-        await run_in_threadpool(run, sid, lambda s: s.remove_object(label))
+    async def remove_object(sid: str, label: int, request: Request) -> dict[str, Any]:
+        await run_in_threadpool(run, sid, lambda s: s.remove_object(label), request)
         return {"removed": label}
 
     @v1.post("/sessions/{sid}/reset")
-    async def reset(sid: str) -> dict[str, Any]:
-        await run_in_threadpool(run, sid, lambda s: s.reset())
+    async def reset(sid: str, request: Request) -> dict[str, Any]:
+        await run_in_threadpool(run, sid, lambda s: s.reset(), request)
         return {"reset": True}
 
     @v1.get("/sessions/{sid}/scores")
@@ -349,9 +352,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         req = parse(StartJob, await body(request))
         h = hosted(sid)
         # bad arguments end the job at once with the engine's InputError (the client checks them first)
-        job = h.start_job(direction=req.direction, objects=req.objects, start=req.start,
+        job = h.start_job(request.headers.get(REQUEST_ID), direction=req.direction, objects=req.objects, start=req.start,
                           slice_range=tuple(req.slice_range) if req.slice_range is not None else None, stop_after=req.stop_after)
-        registry.add_job(job)
+        registry.add_job(job)  # again for a retried request: the same job
         return {"job": job.id}
 
     @v1.get("/jobs/{jid}/events")

@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -31,6 +32,18 @@ class HostedSession:
         self.job: Job | None = None
         self.last_used = time.monotonic()
         self.closed = False
+        self._replies: OrderedDict[str, Any] = OrderedDict()  # request id -> answer, the last few
+
+    def once(self, rid: str | None, work: Any) -> Any:
+        """``work()``, unless request ``rid`` was answered already (then that answer again)."""
+        if rid is not None and rid in self._replies:
+            return self._replies[rid]
+        out = work()
+        if rid is not None:
+            self._replies[rid] = out
+            while len(self._replies) > 16:
+                self._replies.popitem(last=False)
+        return out
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -47,15 +60,17 @@ class HostedSession:
                 yield self.session
         self.touch()
 
-    def start_job(self, **kwargs: Any) -> "Job":
+    def start_job(self, rid: str | None = None, **kwargs: Any) -> "Job":
         with self.lock:
             if self.closed:
                 raise Busy("this session was closed")
+            if rid is not None and self.job is not None and self.job.request_id == rid:
+                return self.job  # a retried request: the job it started
             if self.job is not None and not self.job.done:
                 raise Busy(f"propagation job {self.job.id} is already running on this session; wait for it or cancel it first")
-            self.job = Job(self, kwargs)
-        self.job.start()
-        return self.job
+            self.job = Job(self, kwargs, rid)
+            self.job.start()
+            return self.job
 
     def close(self) -> None:
         with self.lock:
@@ -76,8 +91,9 @@ class Job:
     how far the client lags, not by the volume's length.
     """
 
-    def __init__(self, hosted: HostedSession, kwargs: dict[str, Any]):
+    def __init__(self, hosted: HostedSession, kwargs: dict[str, Any], request_id: str | None = None):
         self.id = secrets.token_urlsafe(12)
+        self.request_id = request_id
         self.session = hosted
         self.kwargs = kwargs
         self.cancel_event = threading.Event()
