@@ -1,5 +1,6 @@
 """`sam2volume segment` end to end (random weights, small image size) and its bad inputs."""
 
+import hashlib
 import json
 import shutil
 
@@ -27,6 +28,10 @@ def test_segment_writes_labelmap_report_and_png(tmp_path, totalseg):
     assert [o["name"] for o in report["objects"]] == ["liver", "spleen", "kidney_right"]
     assert report["versions"]["sam2volume"] and report["seconds"]["propagate"] > 0
     assert (tmp_path / "res" / "ct.png").read_bytes()[:4] == b"\x89PNG"
+    rep = report["reproduce"]  # what reproduces the run (issue 12)
+    assert rep["image_sha256"] == hashlib.sha256((totalseg / "example_ct_sm.nii.gz").read_bytes()).hexdigest()
+    assert rep["prompts_sha256"] == hashlib.sha256((ROOT_EXAMPLES / "prompts_ct_abdomen.json").read_bytes()).hexdigest()
+    assert rep["model"]["random_weights"] is True and rep["model"]["image_size"] == 128 and "checkpoint" not in rep
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["ct.png", "ct.report.json", "ct.seg.nrrd"]
 
 
@@ -98,3 +103,23 @@ def test_mask_prompt_from_file(tmp_path, totalseg):
     got = lab.array[:, :, 14] == 7
     assert 2 * (ref & got).sum() / (ref.sum() + got.sum()) > 0.85
     assert report["slices_run"] == 16
+
+
+@pytest.mark.sam2
+def test_report_names_the_checkpoint_and_its_digest(tmp_path, totalseg):
+    """A custom checkpoint: the report records that file's SHA-256 and the config actually used, not the
+    default model's name (issue 12)."""
+    import torch
+    from sam2_helpers import CONFIG, engine_config
+
+    from sam2volume.engine.predictor import build_predictor
+
+    ckpt = tmp_path / "mine.pt"
+    torch.save({"model": build_predictor(engine_config()).state_dict()}, ckpt)
+    args = _args(totalseg, tmp_path / "o.nii.gz", ROOT_EXAMPLES / "prompts_ct_abdomen.json", "--checkpoint", str(ckpt), "--config", CONFIG,
+                 "--stop-after", "1")
+    args.remove("--random-weights")
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "o.report.json").read_text())["reproduce"]
+    assert rep["checkpoint"] == {"path": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "verified_against": None}
+    assert rep["model"]["config"] == CONFIG and rep["model"]["name"] is None

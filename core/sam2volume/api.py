@@ -36,6 +36,45 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _file_digest(paths: list[str | Path]) -> str:
+    """SHA-256 of one file, or of several files' digests in order (a DICOM series)."""
+    from .models.weights import sha256_of
+
+    digests = [sha256_of(Path(p)) for p in paths]
+    if len(digests) == 1:
+        return digests[0]
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def reproduction(vol: Volume, image: Any, prompts: Any, pset: PromptSet, cfg: Any, engine: str, server: str | None) -> dict[str, Any]:
+    """What reproduces a run: the inputs' SHA-256, the model config actually used, the checkpoint and its digest."""
+    files = vol.meta.get("dicom_files") or ([image] if isinstance(image, (str, Path)) and Path(image).is_file() else [])
+    out: dict[str, Any] = {
+        "image_sha256": _file_digest(files) if files else None,
+        "image_files": len(files),
+        "prompts_sha256": _file_digest([prompts]) if isinstance(prompts, (str, Path)) else None,
+        "mask_files_sha256": {str(m["file"]): _file_digest([m["file"]]) for o in pset.objects for m in o.masks},
+    }
+    if engine != "sam2":
+        return out
+    spec = cfg.spec()
+    out["model"] = {"name": spec.name if not spec.is_custom else None, "config": cfg.config_file or spec.config,
+                    "image_size": cfg.resolved_image_size, "random_weights": bool(cfg.random_weights)}
+    if server is not None:
+        out["checkpoint"] = {"where": f"on the server {server}"}
+    elif not cfg.random_weights:
+        from .models.weights import WeightsManager
+
+        wm = WeightsManager()
+        path = Path(cfg.checkpoint) if cfg.checkpoint else wm.path_for(spec)
+        record = None if cfg.checkpoint else wm.record(spec)
+        out["checkpoint"] = {"path": str(path), "sha256": record["sha256"] if record else _file_digest([path]),
+                             "verified_against": record.get("verified_against") if record else None}
+    return out
+
+
 def _check_outputs(output: str | Path, png: str | Path | None, image: Any, prompts: Any, pset: PromptSet) -> None:
     """Before any work: no output may be an input, folders must be writable, names must fit the format."""
     inputs: list[Any] = [m["file"] for o in pset.objects for m in o.masks]
@@ -138,6 +177,7 @@ def segment(
             for o in session.objects.values()
         ],
         "slices_run": prop.slices_run,
+        "reproduce": reproduction(vol, image, prompts, pset, cfg, engine, server),
         "encoder_calls": session.encoder_calls,
         "seconds": {
             "read_and_check": round(t_read - t0, 3),
