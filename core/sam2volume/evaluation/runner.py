@@ -32,6 +32,7 @@ from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
 from ..locks import FileLock
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
+from .drift import slice_rows
 from .protocols import Protocol, correct_object, key_slices, parse_protocol, prompt_object, rng_for
 from .tables import write_tables
 from .vocabulary import NSD_TOLERANCES_MM
@@ -258,7 +259,7 @@ def _run_case(
     from ..io import read_labelmap, read_volume
 
     record: dict[str, Any] = {"case": case.case_id, "image": str(case.image), "label": str(case.label), "modality": case.modality,
-                              "status": "done", "rows": [], "absent": [], "warnings": [], "prompts": {}, "corrections": {}, "seconds": {}}
+                              "status": "done", "rows": [], "slices": [], "absent": [], "warnings": [], "prompts": {}, "corrections": {}, "seconds": {}}
     t0 = time.perf_counter()
     try:
         vol = read_volume(case.image)
@@ -315,8 +316,11 @@ def _run_case(
         record["seconds"][eng] = round(seconds, 3)
         record["prompts"][eng] = sent
         record["corrections"][eng] = corrections
+        slice_mm = float(vol.spacing[session.voxel_axis])
         for organ, label in label_of.items():
             pred = result.array == label
+            prompted = key_slices(ref_frames[organ], proto) + [c["slice"] for c in corrections[organ]]
+            record["slices"].extend(slice_rows(case.case_id, eng, organ, session.frames_of(pred), ref_frames[organ], prompted, slice_mm))
             tol = tol_table.get(organ, tol_default)
             sc = score(pred, refs[organ], vol.spacing, tolerance_mm=tol)
             record["rows"].append({

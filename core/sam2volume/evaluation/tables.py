@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import NULL_NOTE, atomic_output, write_json_atomic, write_text_atomic
 from ..metrics import MetricAccumulator, Scores
+from .drift import DRIFT_COLUMNS, SUMMARY_COLUMNS, drift_plot, summarise_drift
 
 SCORE_COLUMNS = ("case", "engine", "object", "dice", "iou", "nsd", "hd95", "assd", "tolerance_mm", "pred_empty", "ref_empty",
                  "distances_defined", "ref_voxels", "pred_voxels", "key_slices", "corrections")
@@ -33,8 +34,8 @@ def load_records(run_dir: Path, case_ids: list[str] | None = None) -> list[dict[
     files = [folder / f"{c}.json" for c in case_ids] if case_ids is not None else sorted(folder.glob("*.json"))
     records = [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
     for rec in records:  # JSON holds undefined metrics as null: back to NaN for the statistics
-        for row in rec.get("rows", []):
-            for key in ("dice", "iou", "nsd", "hd95", "assd"):
+        for row in rec.get("rows", []) + rec.get("slices", []):
+            for key in ("dice", "iou", "nsd", "hd95", "assd", "consistency_pred", "consistency_ref"):
                 if key in row and row[key] is None:
                     row[key] = float("nan")
     return records
@@ -116,6 +117,11 @@ def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> d
     srows, scols = _summary_rows(summary)
     write_text_atomic(run_dir / "summary.csv", _csv_text(srows, scols))
     plot = boxplot(rows, run_dir / "plots" / "dice_boxplot.png", "dice", title=f"Dice per object ({extra.get('settings', {}).get('protocol', {}).get('name', '')})")
+    slice_rows = [r for rec in records for r in rec.get("slices", [])]
+    write_text_atomic(run_dir / "drift.csv", _csv_text(slice_rows, DRIFT_COLUMNS))
+    drift = summarise_drift(slice_rows)
+    write_text_atomic(run_dir / "drift_summary.csv", _csv_text(drift, SUMMARY_COLUMNS))
+    drift_png = drift_plot(drift, run_dir / "plots" / "drift.png")
     done = {r["case"] for r in records}
     report = {
         **extra,
@@ -132,6 +138,8 @@ def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> d
         "seconds_per_case": {r["case"]: r.get("seconds", {}) for r in records},
         "summary": summary,
         "files": {"scores": "scores.csv", "summary": "summary.csv", "boxplot": str(plot.relative_to(run_dir)) if plot else None,
+                  "drift": "drift.csv", "drift_summary": "drift_summary.csv",
+                  "drift_plot": str(drift_png.relative_to(run_dir)) if drift_png else None,
                   "overlays": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "overlays").glob("*.png"))},
     }
     write_json_atomic(run_dir / "report.json", {**report, "null_values": NULL_NOTE})
