@@ -214,3 +214,25 @@ def test_every_json_written_is_valid_json_without_nan(totalseg, tmp_path):
         json.loads(f.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(f"{f}: {c}")))
     report = json.loads((run / "report.json").read_text())
     assert "null stands for" in report["null_values"]
+
+
+def test_saved_predictions_carry_the_datasets_label_ids_and_names(totalseg, tmp_path):
+    """Before: predictions were written with the session's labels 1..N (BTCV's liver came out as 1, not 6)."""
+    from eval_helpers import link
+
+    from sam2volume import read_labelmap
+    from sam2volume.evaluation.datasets import BTCV_LABELS
+
+    root = tmp_path / "BTCV"
+    link(totalseg / "example_ct_sm.nii.gz", root / "img/img0001.nii.gz")
+    relabel(totalseg, "example_ct_sm.nii.gz", "example_seg.nii.gz", "ct_total", BTCV_LABELS, root / "label/label0001.nii.gz")
+    run = tmp_path / "run"
+    evaluate(root, "box-middle", run, engine="baseline", organs=["liver", "spleen"], overlays=False, save_predictions=True)
+    pred = read_labelmap(run / "predictions" / "img0001.baseline.nii.gz")
+    assert set(np.unique(pred.array).tolist()) == {0, 1, 6}  # BTCV: spleen 1, liver 6
+    side = json.loads((run / "predictions" / "img0001.baseline.labels.json").read_text())
+    assert {d["value"]: d["name"] for d in side["labels"]} == {6: "liver", 1: "spleen"} and side["label_ids"] == "dataset"
+    ref = read_labelmap(root / "label/label0001.nii.gz").array
+    liver_dice = 2 * ((pred.array == 6) & (ref == 6)).sum() / ((pred.array == 6).sum() + (ref == 6).sum())
+    scores = {r["object"]: float(r["dice"]) for r in _rows(run)}
+    assert liver_dice == pytest.approx(scores["liver"], abs=1e-6)

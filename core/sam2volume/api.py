@@ -13,7 +13,7 @@ from . import __version__
 from .errors import InputError, check_count
 from .io import read_volume, write_labelmap
 from .io.atomic import atomic_output, check_output, json_text, split_suffix
-from .io.writers import check_segment_names, output_kind
+from .io.writers import check_segment_names, names_sidecar_path, output_kind, write_names_sidecar
 from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
 
@@ -79,7 +79,7 @@ def _check_outputs(output: str | Path, png: str | Path | None, image: Any, promp
     """Before any work: no output may be an input, folders must be writable, names must fit the format."""
     inputs: list[Any] = [m["file"] for o in pset.objects for m in o.masks]
     inputs += [p for p in (image, prompts) if isinstance(p, (str, Path))]
-    for path, what in ((output, "output"), (report_path(output), "run report"), (png, "PNG")):
+    for path, what in ((output, "output"), (report_path(output), "run report"), (png, "PNG"), (names_sidecar_path(output), "label names")):
         if path is not None:
             check_output(path, inputs, what)
     check_segment_names(output, [o.name for o in pset.objects])
@@ -190,6 +190,9 @@ def segment(
     if output is not None:
         write_labelmap(result, output, reference=vol)
         report["output"] = str(output)
+        side = write_names_sidecar(output, result.meta.get("segments", []))
+        if side is not None:
+            report["label_names"] = str(side)
         if png is not None:
             from .overlay import save_overlay_png
 

@@ -240,6 +240,25 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
     })
 
 
+def _save_prediction(result: Any, path: Path, label_of: dict[str, int], objects: dict[str, tuple[int, ...]], dataset: str) -> None:
+    """A prediction in the dataset's own label ids (BTCV's liver is 6), with a names sidecar.
+
+    Where an object is a region of several ids (KiTS' kidney+masses) or two objects share an id, one
+    labelmap cannot hold the dataset's ids: the session's labels (1..N) are written and the sidecar says so."""
+    from ..io import write_labelmap
+    from ..io.writers import write_names_sidecar
+
+    ids = {organ: tuple(objects[organ]) for organ in label_of}
+    own = all(len(v) == 1 for v in ids.values()) and len({v[0] for v in ids.values()}) == len(ids)
+    value_of = {organ: (ids[organ][0] if own else label_of[organ]) for organ in label_of}
+    array = np.zeros(result.shape, dtype=np.uint16 if max(value_of.values(), default=0) > 255 else np.uint8)
+    for organ, label in label_of.items():
+        array[result.array == label] = value_of[organ]
+    segments = [{"label": value_of[o], "name": o, "dataset_ids": list(ids[o])} for o in label_of]
+    write_labelmap(result.with_array(array, segments=segments), path)
+    write_names_sidecar(path, segments, dataset=dataset, label_ids="dataset" if own else "session (1..N): the dataset's objects are regions of several ids")
+
+
 def _run_case(
     case: Case,
     ds: Dataset,
@@ -330,9 +349,7 @@ def _run_case(
                 "corrections": len(corrections[organ]),
             })
         if save_predictions:
-            from ..io import write_labelmap
-
-            write_labelmap(result, run_dir / "predictions" / f"{case.case_id}.{eng}.nii.gz")
+            _save_prediction(result, run_dir / "predictions" / f"{case.case_id}.{eng}.nii.gz", label_of, objects, ds.name)
         if main_result is None and eng == engines[0]:
             main_result, main_session = result, session
     if overlays and main_result is not None:

@@ -42,6 +42,28 @@ def output_kind(path: Path) -> str:
     )
 
 
+def names_sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``liver.nii.gz`` -> ``liver.labels.json``: the label names of a format that holds none."""
+    from .atomic import split_suffix
+
+    path = Path(path)
+    return path.with_name(split_suffix(path)[0] + ".labels.json")
+
+
+def write_names_sidecar(path: str | os.PathLike[str], segments: Sequence[dict[str, Any]], **extra: Any) -> Path | None:
+    """Beside a NIfTI/NRRD/MHA labelmap, a JSON file naming each label value (those formats hold no names).
+    Nothing is written for .seg.nrrd and DICOM-SEG, which carry the names themselves."""
+    from .atomic import write_json_atomic
+
+    if output_kind(Path(path)) != "itk":
+        return None
+    side = names_sidecar_path(path)
+    labels = [{"value": int(s["label"]), "name": s.get("name"), "color": s.get("color"), **({k: s[k] for k in s if k not in ("label", "name", "color")})}
+              for s in segments]
+    write_json_atomic(side, {"labelmap": Path(path).name, "labels": labels, **extra})
+    return side
+
+
 def labelmap_dtype(array: np.ndarray) -> np.dtype:
     if array.size == 0:
         return np.dtype(np.uint8)
