@@ -43,4 +43,9 @@ pipi -e ".[engine,metrics,plots,server,slicer,test]"
 if "$VPY" -c "import torchvision" >/dev/null 2>&1; then :; else
   "$VPY" -m pip show -q torchvision >/dev/null 2>&1 && { echo "setup: an unusable torchvision is installed; removing it"; "$VPY" -m pip uninstall -y -q torchvision; }
 fi
+# optional: dicom3tools' dciodvfy validates our DICOM-SEG in the tests (skipped where it cannot be installed)
+if ! command -v dciodvfy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -q dicom3tools >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dicom3tools >/dev/null 2>&1; }) \
+    || echo "setup: dicom3tools not installed (DICOM-SEG validation with dciodvfy will be skipped)"
+fi
 echo "setup: ready ($("$VPY" -c 'import torch, sam2volume; print("torch", torch.__version__, "| sam2volume", sam2volume.__version__)'))"

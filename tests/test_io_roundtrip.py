@@ -69,3 +69,47 @@ def test_dicom_seg_references_series_and_roundtrips(tmp_path, totalseg):
     _same_placement(back, lab)
     names = {s["label"]: s["name"] for s in back.meta["segments"]}
     assert names[5] == "liver" and names[1] == "spleen"
+
+
+def test_dicom_seg_carries_codes_colours_and_valid_uids(tmp_path, totalseg):
+    """Issue 12: a SNOMED CT code per organ (laterality as a modifier), the colours, a SeriesDescription;
+    the shared series' blank Study/Series UIDs give a warning and generated UIDs, never an invalid SEG.
+    Checked with pydicom and highdicom and, where dicom3tools is installed, with dciodvfy."""
+    import shutil
+    import subprocess
+
+    import highdicom as hd
+    import pydicom
+
+    ct = read_volume(totalseg / "example_ct_dicom")
+    lab = read_labelmap(totalseg / "example_seg_dicom.nii.gz", reference=ct)
+    lab = lab.with_array(np.where(np.isin(lab.array, [5, 2]), lab.array, 0).astype(np.uint8))
+    segments = [{"label": 5, "name": "liver", "color": [0.8, 0.3, 0.2]}, {"label": 2, "name": "kidney_right", "color": [0.2, 0.6, 0.9]}]
+    with pytest.warns(UserWarning, match="blank StudyInstanceUID"):
+        out = write_labelmap(lab, tmp_path / "seg.dcm", reference=ct, segments=segments)
+    ds = pydicom.dcmread(out)
+    assert ds.StudyInstanceUID and ds.SeriesInstanceUID and ds.SeriesDescription.startswith("SAM2 segmentation")
+    by_name = {s.SegmentLabel: s for s in ds.SegmentSequence}
+    liver, kidney = by_name["liver"], by_name["kidney_right"]
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91772007"  # Organ
+    assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # Liver
+    assert kidney.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"  # Kidney
+    assert kidney.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"  # Right
+    assert liver.RecommendedDisplayCIELabValue != kidney.RecommendedDisplayCIELabValue
+    seg = hd.seg.segread(str(out))  # an independent reader parses it, segments and all
+    assert seg.number_of_segments == 2
+    if shutil.which("dciodvfy"):
+        res = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], errors
+
+
+def test_dicom_seg_label_values_above_16_bits_read_back(tmp_path, totalseg):
+    """Before: a label above 65535 came back wrapped around (uint16)."""
+    ct = read_volume(totalseg / "example_ct_dicom")
+    arr = np.zeros(ct.shape, np.uint32)
+    arr[100:200, 100:200, 5:9] = 70000
+    with pytest.warns(UserWarning):
+        out = write_labelmap(ct.with_array(arr), tmp_path / "big.dcm", reference=ct, segments=[{"label": 70000, "name": "liver"}])
+    back = read_labelmap(out, reference=ct)
+    assert set(np.unique(back.array).tolist()) == {0, 70000}
