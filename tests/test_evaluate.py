@@ -158,6 +158,14 @@ def test_compare_two_runs_and_the_cli(totalseg, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "-o", str(tmp_path / "cmp.csv")]) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "spleen" in out
+    assert "note: protocol differs" in out and "box-middle" in out  # the comparison says what it compares
+    assert main(["evaluate", str(root), "--protocol", "box-middle", "-o", str(tmp_path / "r4"), "--engine", "baseline", "-q",
+                 "--no-overlays", "--tolerances", "5", "--limit", "1"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r4"), "--metric", "nsd"]) == 2
+    assert "different tolerance tables" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r4")]) == 0
+    assert "cases differ: 1 shared, 1 only in A" in capsys.readouterr().out
     cmp = {r["object"]: r for r in csv.DictReader(open(tmp_path / "cmp.csv"))}
     a = {(r["case"], r["object"]): float(r["dice"]) for r in _rows(tmp_path / "r1")}
     b = {(r["case"], r["object"]): float(r["dice"]) for r in _rows(tmp_path / "r2")}

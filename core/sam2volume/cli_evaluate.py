@@ -92,9 +92,12 @@ def _mean_sd(stats: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.tables import compare_runs, format_comparison, write_comparison
+    from .evaluation.tables import compare_runs, format_comparison, run_differences, write_comparison
 
+    notes = run_differences(args.run_a, args.run_b, args.metric)
     rows = compare_runs(args.run_a, args.run_b, metric=args.metric, engine_a=args.engine_a, engine_b=args.engine_b)
+    for note in notes:
+        print(f"note: {note}")
     print(format_comparison(rows, args.metric, args.run_a, args.run_b))
     if args.output:
         write_comparison(rows, args.output)

@@ -197,6 +197,32 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, metric: str = "dice", 
     return out
 
 
+COMPARED_SETTINGS = ("dataset", "protocol", "tolerances", "objects", "axis", "stop_after", "seed", "window", "config")
+
+
+def run_differences(run_a: str | Path, run_b: str | Path, metric: str = "dice") -> list[str]:
+    """What differs between two runs' settings and cases, one line each, so a comparison says what it
+    compares. NSD under different tolerance tables measures different things: that is an error."""
+    def settings(d: Path) -> dict[str, Any]:
+        f = d / "run.json"
+        try:
+            return json.loads(f.read_text(encoding="utf-8")).get("settings", {}) if f.is_file() else {}
+        except ValueError:
+            raise InputError(f"{f} is corrupt; cannot tell what the run measured") from None
+
+    a_dir, b_dir = Path(run_a), Path(run_b)
+    sa, sb = settings(a_dir), settings(b_dir)
+    notes = [f"{k} differs: A {sa.get(k)!r}, B {sb.get(k)!r}" for k in COMPARED_SETTINGS if sa.get(k) != sb.get(k)]
+    if metric == "nsd" and sa.get("tolerances") != sb.get("tolerances"):
+        raise InputError(f"NSD of {a_dir} and {b_dir} uses different tolerance tables ({sa.get('tolerances')!r} vs "
+                         f"{sb.get('tolerances')!r}); compare Dice, or rerun one with --tolerances {sa.get('tolerances')}")
+    ca = {r["case"] for r in read_scores(a_dir)}
+    cb = {r["case"] for r in read_scores(b_dir)}
+    if ca != cb:
+        notes.append(f"cases differ: {len(ca & cb)} shared, {len(ca - cb)} only in A, {len(cb - ca)} only in B (only shared cases are paired)")
+    return notes
+
+
 def format_comparison(rows: list[dict[str, Any]], metric: str, a: str, b: str) -> str:
     lines = [f"A = {a}", f"B = {b}", f"{'object':<26}{'cases':>6}{'A':>9}{'B':>9}{'B-A':>9}{'B better':>10}{'B worse':>9}{'p':>9}"]
     for r in rows:
