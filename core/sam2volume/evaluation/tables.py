@@ -71,7 +71,8 @@ def _summary_rows(summary: dict[str, dict[str, Any]]) -> tuple[list[dict[str, An
 
 
 def boxplot(rows: list[dict[str, Any]], path: Path, metric: str = "dice", title: str = "") -> Path | None:
-    """Box plot of ``metric`` per object, one box per engine side by side."""
+    """Box plot of ``metric`` per object, one box per engine side by side, for a paper: every case drawn
+    as a point, n under each object, one colour per object (engines by hatching), legend outside."""
     if not rows:
         return None
     import matplotlib
@@ -82,28 +83,39 @@ def boxplot(rows: list[dict[str, Any]], path: Path, metric: str = "dice", title:
     objects = list(dict.fromkeys(r["object"] for r in rows))
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     width = 0.8 / len(engines)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(objects) * len(engines) + 2), 4.5), dpi=110)
+    hatches = ["", "//", "..", "xx"]
+    rng = np.random.default_rng(0)  # point jitter only: reproducible figures
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(objects) * len(engines) + 3), 4.8), dpi=110)
+    counts = {}
     for e, engine in enumerate(engines):
-        data = [[r[metric] for r in rows if r["engine"] == engine and r["object"] == o and not math.isnan(r[metric])] for o in objects]
-        pos = [i + (e - (len(engines) - 1) / 2) * width for i in range(len(objects))]
-        keep = [(p, d) for p, d in zip(pos, data) if d]
-        if keep:
-            bp = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9, patch_artist=True, manage_ticks=False)
-            color = plt.cm.tab10(e % 10)
+        for i, o in enumerate(objects):
+            data = [r[metric] for r in rows if r["engine"] == engine and r["object"] == o and not math.isnan(r[metric])]
+            counts[(engine, o)] = len(data)
+            if not data:
+                continue
+            pos = i + (e - (len(engines) - 1) / 2) * width
+            color = plt.cm.tab20(i % 20)
+            bp = ax.boxplot([data], positions=[pos], widths=width * 0.85, patch_artist=True, manage_ticks=False, showfliers=False)
             for box in bp["boxes"]:
                 box.set_facecolor(color)
-                box.set_alpha(0.6)
-            ax.plot([], [], color=color, lw=6, alpha=0.6, label=engine)
+                box.set_alpha(0.45)
+                box.set_hatch(hatches[e % len(hatches)])
+            ax.scatter(pos + rng.uniform(-width * 0.25, width * 0.25, len(data)), data, s=9, color=color, edgecolors="black",
+                       linewidths=0.3, zorder=3)
+    for e, engine in enumerate(engines):
+        ax.bar([0], [0], width=0, color="white", edgecolor="black", hatch=hatches[e % len(hatches)], label=engine)
     ax.set_xticks(range(len(objects)))
-    ax.set_xticklabels(objects, rotation=30, ha="right", fontsize=8)
+    labels = [f"{o}\nn=" + "/".join(str(counts.get((e, o), 0)) for e in engines) for o in objects]
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(metric)
     if metric in ("dice", "iou", "nsd"):
         ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or f"{metric} per object", fontsize=9)
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
 
