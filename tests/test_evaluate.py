@@ -244,3 +244,11 @@ def test_saved_predictions_carry_the_datasets_label_ids_and_names(totalseg, tmp_
     liver_dice = 2 * ((pred.array == 6) & (ref == 6)).sum() / ((pred.array == 6).sum() + (ref == 6).sum())
     scores = {r["object"]: float(r["dice"]) for r in _rows(run)}
     assert liver_dice == pytest.approx(scores["liver"], abs=1e-6)
+
+
+def test_progress_off_a_terminal_is_plain_lines(totalseg, tmp_path, capsys):
+    """Issue 12: a non-terminal run (a log file, CI) gets one line per step, never carriage-return bars."""
+    root = plain_ct_dataset(totalseg, tmp_path / "ds", ["a", "b"], ["liver"])
+    assert main(["evaluate", str(root), "--protocol", "box-middle", "-o", str(tmp_path / "r"), "--engine", "baseline", "--no-overlays"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "evaluate: 1/2 case" in err and "evaluate: 2/2 case" in err

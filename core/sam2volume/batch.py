@@ -145,9 +145,9 @@ def batch(
             predictor = build_predictor(cfg, progress=progress)
         bar = None
         if progress:
-            from tqdm import tqdm
+            from .progress import progress_bar
 
-            bar = tqdm(total=len(plan), initial=len(finished), desc="batch", unit="volume")
+            bar = progress_bar(len(plan), initial=len(finished), desc="batch", unit="volume")
         report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
                                   "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
                                   "skipped_finished": [str(out) for _, out, _ in finished],

@@ -213,9 +213,9 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
     skipped_done = len(cases) - len(todo)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=len(cases), initial=skipped_done, desc="evaluate", unit="case")
+        bar = progress_bar(len(cases), initial=skipped_done, desc="evaluate", unit="case")
     t_run = time.perf_counter()
     for n, case in enumerate(todo):
         if on_case is not None:
