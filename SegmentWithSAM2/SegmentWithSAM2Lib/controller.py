@@ -35,6 +35,21 @@ class SliceUpdate:
     mask_kji: np.ndarray
 
 
+def merge_runs(updates: list[SliceUpdate]) -> list[SliceUpdate]:
+    """Adjacent slices of one segment along one axis as one slab (fewer, larger writes into Slicer)."""
+    out: list[SliceUpdate] = []
+    for u in sorted(updates, key=lambda u: (u.segment_id, u.voxel_axis, u.first)):
+        prev = out[-1] if out else None
+        if prev is not None and (prev.segment_id, prev.voxel_axis) == (u.segment_id, u.voxel_axis) and u.first == prev.last + 1:
+            out[-1] = SliceUpdate(u.segment_id, u.voxel_axis, prev.first, u.last,
+                                  np.concatenate([prev.mask_kji, u.mask_kji], axis=2 - u.voxel_axis))
+        elif prev is not None and (prev.segment_id, prev.voxel_axis) == (u.segment_id, u.voxel_axis) and u.first <= prev.last:
+            out.append(u)  # overlapping (the same slice twice): keep order, write both
+        else:
+            out.append(u)
+    return out
+
+
 @dataclass
 class Prompt:
     segment_id: str

@@ -20,7 +20,7 @@ import vtk
 from sam2volume import InputError
 from sam2volume.errors import CancelledError
 
-from .controller import SegmentationController, SliceUpdate
+from .controller import SegmentationController, SliceUpdate, merge_runs
 from .engine_link import EngineLink, Settings
 from .geometry import runs_of
 from .writeback import read_slab, write_slab
@@ -499,13 +499,23 @@ class SegmentWithSAM2Logic:
     # ------------------------------------------------------------ write back
     def applyUpdates(self, updates: list[SliceUpdate], segmentationNode, volumeNode) -> int:
         """Write the slices whose content differs from the segment's; returns how many were written."""
+        return sum(self._writeDiffering(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.mask_kji)
+                   for u in merge_runs(updates))
+
+    @staticmethod
+    def _writeDiffering(segmentationNode, segmentId, volumeNode, axis: int, first: int, slab_kji: np.ndarray) -> int:
+        """Write the runs of slices of ``slab_kji`` (slices first.. along ``axis``) that differ from the segment."""
+        slab_kji = np.asarray(slab_kji, bool)
+        k_axis = 2 - axis  # the slices' axis in [k, j, i] order
+        last = first + slab_kji.shape[k_axis] - 1
+        current = read_slab(segmentationNode, segmentId, volumeNode, axis, first, last)
+        differs = np.any(current != slab_kji, axis=tuple(x for x in range(3) if x != k_axis))
         written = 0
-        for u in updates:
-            current = read_slab(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.last)
-            if np.array_equal(current, u.mask_kji.astype(bool)):
-                continue
-            write_slab(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.last, u.mask_kji)
-            written += u.last - u.first + 1
+        for f, l in runs_of(differs):
+            sub: list[Any] = [slice(None)] * 3
+            sub[k_axis] = slice(f, l + 1)
+            write_slab(segmentationNode, segmentId, volumeNode, axis, first + f, first + l, slab_kji[tuple(sub)])
+            written += l - f + 1
         return written
 
     def writeFinalResult(self, controller: SegmentationController, segmentationNode, volumeNode, segmentIds,
@@ -527,13 +537,7 @@ class SegmentWithSAM2Logic:
                 index: list[Any] = [slice(None)] * 3
                 index[a] = slice(first, last + 1)
                 slab = np.ascontiguousarray(new[tuple(index)].transpose(2, 1, 0))
-                current = read_slab(segmentationNode, sid, volumeNode, a, first, last)
-                differs = np.any(current != slab, axis=tuple(x for x in range(3) if x != 2 - a))
-                for f, l in runs_of(differs):
-                    sub: list[Any] = [slice(None)] * 3
-                    sub[2 - a] = slice(f, l + 1)
-                    write_slab(segmentationNode, sid, volumeNode, a, first + f, first + l, slab[tuple(sub)])
-                    written += l - f + 1
+                written += self._writeDiffering(segmentationNode, sid, volumeNode, a, first, slab)
         return written
 
     # ---------------------------------------------------------- conveniences

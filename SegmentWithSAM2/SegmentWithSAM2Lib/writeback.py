@@ -135,15 +135,45 @@ def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, fi
         values = np.zeros(len(pts), np.uint8)
         vi = v[inside] - lo
         values[inside] = mask_kji[vi[:, 2], vi[:, 1], vi[:, 0]] > 0
+    # Each image is cropped to where it can change something, so that Slicer never pads the segment's
+    # labelmap to a whole slab (each call costs about the size of the images and of the labelmap):
+    # clearing only matters inside the layer's current extent, setting only where the mask is on.
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    extent = [int(a[0]), int(b[0]), int(a[1]), int(b[1]), int(a[2]), int(b[2])]
-    keep = _image((~inside).astype(np.uint8).reshape(shape), a, lattice)
-    if not logic.SetBinaryLabelmapToSegment(keep, segmentationNode, segmentId, logic.MODE_MERGE_MIN, extent):
-        raise RuntimeError(f"Slicer could not clear slices {first}..{last} of segment {segmentId}")
-    if values.any():
-        if not logic.SetBinaryLabelmapToSegment(_image(values.reshape(shape), a, lattice), segmentationNode, segmentId,
-                                                logic.MODE_MERGE_MASK, extent):
-            raise RuntimeError(f"Slicer could not write slices {first}..{last} of segment {segmentId}")
+    keep = (~inside).astype(np.uint8).reshape(shape)
+    values = values.reshape(shape)
+    layer = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    e = layer.GetExtent() if layer is not None else (0, -1, 0, -1, 0, -1)
+    if e[0] <= e[1] and e[2] <= e[3] and e[4] <= e[5]:  # then ``lattice`` is this layer's
+        c_lo = np.maximum(a, [e[0], e[2], e[4]])
+        c_hi = np.minimum(b, [e[1], e[3], e[5]])
+        if np.all(c_hi >= c_lo):
+            _set(segmentationNode, segmentId, logic.MODE_MERGE_MIN, keep, a, c_lo, c_hi, lattice, f"clear slices {first}..{last}")
+    box = _bounding_box(values)
+    if box is not None:
+        m_lo, m_hi = a + box[0], a + box[1]
+        _set(segmentationNode, segmentId, logic.MODE_MERGE_MASK, values, a, m_lo, m_hi, lattice, f"write slices {first}..{last}")
+
+
+def _bounding_box(values_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi) offsets (i, j, k) of the non-zero voxels, or None when there are none."""
+    lo, hi = [], []
+    for axis in (2, 1, 0):  # i, j, k of a [k, j, i] array
+        on = np.flatnonzero(np.any(values_kji, axis=tuple(x for x in range(3) if x != axis)))
+        if not len(on):
+            return None
+        lo.append(on[0])
+        hi.append(on[-1])
+    return np.array(lo), np.array(hi)
+
+
+def _set(segmentationNode, segmentId, mode, values_kji, a, lo, hi, lattice, what):
+    """SetBinaryLabelmapToSegment with the part lo..hi (lattice indices) of an image that starts at ``a``."""
+    o_lo, o_hi = lo - a, hi - a + 1
+    part = values_kji[o_lo[2]:o_hi[2], o_lo[1]:o_hi[1], o_lo[0]:o_hi[0]]
+    extent = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2])]
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(_image(part, lo, lattice), segmentationNode, segmentId, mode, extent):
+        raise RuntimeError(f"Slicer could not {what} of segment {segmentId}")
 
 
 def read_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, first: int, last: int) -> np.ndarray:
