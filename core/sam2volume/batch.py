@@ -11,6 +11,7 @@ exist is skipped, so a killed batch resumes where it stopped. Failures are liste
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +99,8 @@ def batch(
     allow_uneven_spacing: bool = False,
     server: str | None = None,
     token: str | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> dict[str, Any]:
     """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``).
 
@@ -108,6 +111,10 @@ def batch(
 
     out_dir = Path(out_dir)
     check_count(stop_after, "stop_after", allow_none=True)
+    check_count(num_parts, "num_parts")
+    check_count(part_id, "part_id", minimum=0)
+    if part_id >= num_parts:
+        raise InputError(f"part_id {part_id} must be below num_parts {num_parts} (parts are numbered 0..{num_parts - 1})")
     output_kind(out_dir / f"x{suffix}")  # an unknown format fails before any work
     if engine not in ("sam2", "baseline"):
         raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
@@ -131,11 +138,13 @@ def batch(
                 "prompts": str(Path(prompts).resolve()) if prompts is not None else None,
                 "prompts_dir": str(Path(prompts_dir).resolve()) if prompts_dir is not None else None}
     _check_settings(out_dir, settings)
+    plan = plan[part_id::num_parts]  # a shard: every num_parts-th input, into the same folder
     todo, finished = [], []
     for item in plan:  # an output with its report was finished by an earlier run
         (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(out_dir / LOCK_NAME, f"batch folder {out_dir}"):  # one writer per folder
+    wait = 7 * 24 * 3600.0 if num_parts > 1 else 0.0  # one writer per folder: a shard waits for the one writing
+    with FileLock(out_dir / LOCK_NAME, f"batch folder {out_dir}", wait=wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():
             write_json_atomic(out_dir / SETTINGS_FILE, {"settings": settings, "versions": _versions()})

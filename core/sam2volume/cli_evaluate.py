@@ -8,6 +8,12 @@ import sys
 from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, add_server_options, engine_config, server_options
 
 
+def _add_part_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--num-parts", type=POSITIVE_INT, default=1,
+                   help=f"split the {what} into N shards (every N-th, as nnU-Net does) run into the same -o folder one after another")
+    p.add_argument("--part-id", type=NONNEGATIVE_INT, default=0, help="which shard this is (0..N-1)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .evaluation.protocols import PROTOCOLS
 
@@ -28,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
     p.add_argument("--save-predictions", action="store_true", help="also write each case's labelmap per engine")
     p.add_argument("--limit", type=POSITIVE_INT, help="only the first N cases (N >= 1)")
+    _add_part_options(p, "cases")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -52,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=NONNEGATIVE_INT, default=3, help="stop once the object is absent on N slices in a row (0: never)")
     p.add_argument("--window")
     p.add_argument("--png", action="store_true", help="a PNG overlay per volume")
+    _add_part_options(p, "inputs")
     p.add_argument("--allow-uneven-spacing", action="store_true",
                    help="read DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -65,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
         labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
         window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
-        save_predictions=args.save_predictions, limit=args.limit, progress=not args.quiet, **server_options(args),
+        save_predictions=args.save_predictions, limit=args.limit, num_parts=args.num_parts, part_id=args.part_id, progress=not args.quiet, **server_options(args),
     )
     # -q hides the progress bars only: the summary and the errors are always printed
     c = report["cases"]
@@ -111,7 +119,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
         config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
         window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
-        **server_options(args),
+        num_parts=args.num_parts, part_id=args.part_id, **server_options(args),
     )
     if not args.quiet:
         print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")

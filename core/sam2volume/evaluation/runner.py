@@ -21,6 +21,7 @@ run (the baseline row), unless it is the engine under test.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -106,6 +107,8 @@ def evaluate(
     overlays: bool = True,
     save_predictions: bool = False,
     limit: int | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
     progress: bool = False,
     on_case: Callable[[int, int, str], None] | None = None,
     predictor: Any = None,
@@ -122,6 +125,10 @@ def evaluate(
     from ..slicing import parse_axis
 
     check_count(limit, "limit", allow_none=True)
+    check_count(num_parts, "num_parts")
+    check_count(part_id, "part_id", minimum=0)
+    if part_id >= num_parts:
+        raise InputError(f"part_id {part_id} must be below num_parts {num_parts} (parts are numbered 0..{num_parts - 1})")
     check_count(seed, "seed", minimum=0)
     check_count(stop_after, "stop_after", allow_none=True)
     proto = parse_protocol(protocol)
@@ -139,7 +146,8 @@ def evaluate(
     tol_name, tol_table, tol_default = resolve_tolerances(tolerances, ds)
     cfg = config if config is not None else EngineConfig()
     engines = [engine] + (["baseline"] if baseline and engine != "baseline" else [])
-    cases = ds.cases[:limit] if limit else list(ds.cases)
+    all_cases = ds.cases[:limit] if limit else list(ds.cases)
+    cases = all_cases[part_id::num_parts]  # shards as nnU-Net's: every num_parts-th case, merged in one folder
 
     run_dir = Path(run_dir)
     settings = {
@@ -175,9 +183,11 @@ def evaluate(
         from ..client import RemoteEngine
 
         predictor = RemoteEngine(server, token)
-    with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}"):
+    # one writer at a time: a shard waits for the one writing (a plain run refuses at once)
+    wait = 7 * 24 * 3600.0 if num_parts > 1 else 0.0
+    with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}", wait=wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
         try:
-            return _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
+            return _evaluate_in(run_dir, settings_file, settings, cases, [c.case_id for c in all_cases], ds, objects, proto, engine, engines, cfg, axis, window,
                                 predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case)
         finally:
             if server is not None:
@@ -195,7 +205,7 @@ def _case_done(run_dir: Path, case_id: str) -> bool:
         return False
 
 
-def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, engine, engines, cfg, axis, window,
+def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, proto, engine, engines, cfg, axis, window,
                  predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case):
     from ..api import _versions
 
@@ -229,7 +239,8 @@ def _evaluate_in(run_dir, settings_file, settings, cases, ds, objects, proto, en
             bar.set_postfix_str(case.case_id)
     if bar is not None:
         bar.close()
-    return write_tables(run_dir, [c.case_id for c in cases], extra={
+    # the tables cover every case of the run: the last shard to finish writes the merged tables
+    return write_tables(run_dir, all_ids, extra={
         "command": "evaluate",
         "versions": _versions(),
         "settings": settings,
