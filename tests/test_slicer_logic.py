@@ -524,3 +524,24 @@ def test_prompts_survive_a_touched_volume_and_go_only_when_its_voxels_change(ct,
     arr[0, 0, 0] += 1
     slicer.util.arrayFromVolumeModified(ct)
     assert logic.controllerFor(ct, seg, BASELINE) is not c and "cleared" in logic.lastMessage
+
+
+def test_slices_are_written_while_the_propagation_runs(ct, labels, link):
+    """Each poll writes the slices the server finished since the last one, before the job ends."""
+    logic = SegmentWithSAM2Logic(link=link)
+    sam2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), sam2)
+    task = logic.startPropagation(ct, seg, sam2)
+    seen_while_running = 0
+    deadline = time.monotonic() + 120
+    while logic.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+        logic.poll()
+        if not task.finished:
+            seen_while_running = max(seen_while_running, len(task.visited[sid]))
+    assert task.finished and task.error is None
+    assert seen_while_running >= 2  # batches arrived and were written before the end
+    assert np.array_equal(sc.segment_array(seg, sid, ct), session_mask(logic, ct, seg, sid))
+    logic.reset()
