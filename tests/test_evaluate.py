@@ -252,3 +252,18 @@ def test_progress_off_a_terminal_is_plain_lines(totalseg, tmp_path, capsys):
     assert main(["evaluate", str(root), "--protocol", "box-middle", "-o", str(tmp_path / "r"), "--engine", "baseline", "--no-overlays"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "evaluate: 1/2 case" in err and "evaluate: 2/2 case" in err
+
+
+def test_key_slice_overlay_draws_the_prompts(totalseg, tmp_path, monkeypatch):
+    """Issue 12: the prompts sent are drawn on the key-slice overlay (checked on the call, then the file)."""
+    import sam2volume.overlay as overlay
+
+    seen = []
+    real = overlay.save_overlay_png
+    monkeypatch.setattr(overlay, "save_overlay_png", lambda *a, **k: (seen.append(k.get("prompts")), real(*a, **k))[1])
+    root = plain_ct_dataset(totalseg, tmp_path / "ds", ["a"], ["liver"])
+    evaluate(root, "box-middle", tmp_path / "run", engine="baseline")
+    key_prompts = seen[0]
+    record = json.loads((tmp_path / "run" / "cases" / "a.json").read_text())
+    assert key_prompts and key_prompts[0]["box"] == record["prompts"]["baseline"]["liver"][0]["box"]
+    assert (tmp_path / "run" / "overlays" / "a_key.png").stat().st_size > 5000

@@ -31,8 +31,10 @@ def save_overlay_png(
     title: str = "",
     segments: Sequence[dict[str, Any]] | None = None,
     reference: Volume | None = None,
+    prompts: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a PNG of one slice: image in grey, labels filled and outlined (reference dashed)."""
+    """Write a PNG of one slice: image in grey, labels filled and outlined (reference dashed), and the
+    prompts given on it (``[{"box": [x0, y0, x1, y1]}, {"points": [[x, y]], "labels": [1]}]``, frame pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,6 +68,17 @@ def save_overlay_png(
         if (ref > 0).any():
             axes.contour(ref > 0, levels=[0.5], colors=["white"], linewidths=0.8, linestyles="dashed")
             handles.append(plt.Line2D([], [], color="white", ls="--", label="reference"))
+    for p in prompts or []:
+        if p.get("box") is not None:
+            x0, y0, x1, y1 = p["box"]
+            axes.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
+        for (x, y), positive in zip(p.get("points") or [], p.get("labels") or []):
+            axes.plot([x], [y], marker="+" if positive else "x", color="lime" if positive else "red", ms=9, mew=2)
+    if prompts:
+        handles.append(plt.Line2D([], [], color="yellow", lw=1.2, label="prompt box"))
+        if any(p.get("points") for p in prompts):
+            handles.append(plt.Line2D([], [], color="lime", marker="+", ls="", label="positive click"))
+            handles.append(plt.Line2D([], [], color="red", marker="x", ls="", label="negative click"))
     if handles:
         axes.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.6)
     axes.set_title(title or f"{ax.axis} slice {s}", fontsize=9)

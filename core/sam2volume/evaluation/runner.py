@@ -364,12 +364,14 @@ def _run_case(
         if main_result is None and eng == engines[0]:
             main_result, main_session = result, session
     if overlays and main_result is not None:
-        record["overlays"] = _overlays(run_dir, case.case_id, vol, main_result, main_session, refs, label_of, ref_frames, proto, engines[0])
+        record["overlays"] = _overlays(run_dir, case.case_id, vol, main_result, main_session, refs, label_of, ref_frames, proto, engines[0],
+                                       record["prompts"].get(engines[0]))
     return record
 
 
 def _overlays(run_dir: Path, case_id: str, vol: Any, result: Any, session: Any, refs: dict[str, np.ndarray],
-              label_of: dict[str, int], ref_frames: dict[str, np.ndarray], proto: Protocol, engine: str) -> dict[str, Any]:
+              label_of: dict[str, int], ref_frames: dict[str, np.ndarray], proto: Protocol, engine: str,
+              sent: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     from ..overlay import save_overlay_png
 
     ref_lab = np.zeros(vol.shape, dtype=np.uint16)
@@ -386,6 +388,8 @@ def _overlays(run_dir: Path, case_id: str, vol: Any, result: Any, session: Any, 
     for kind, s in (("key", key), ("worst", worst)):
         path = run_dir / "overlays" / f"{case_id}_{kind}.png"
         title = f"{case_id} {engine}: {kind} slice {s} ({session.axis.axis})" + (f", {int(wrong[s])} wrong voxels" if kind == "worst" else f", {largest}")
-        save_overlay_png(vol, result, path, window=session.window, axis=session.axis.axis, slice_index=s, title=title, reference=reference)
+        on_slice = [p for organ_prompts in (sent or {}).values() for p in organ_prompts if p.get("slice") == s]
+        save_overlay_png(vol, result, path, window=session.window, axis=session.axis.axis, slice_index=s, title=title, reference=reference,
+                         prompts=on_slice)
         out[kind] = {"file": str(path.relative_to(run_dir)), "slice": s}
     return out
