@@ -68,6 +68,17 @@ def box_roi(volumeNode, labels_kji, value, k):
     return roi
 
 
+SAM2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
+
+
+def sam2_prompted(ct, labels, link):
+    """A logic with a SAM2 (random weights, tracking to the volume's end) box on the liver's slice 14."""
+    logic = SegmentWithSAM2Logic(link=link)
+    seg, sid = logic.prepareSegmentation(ct)
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, 14), red_at(ct, [0, 0, 14]), SAM2)
+    return logic, seg, sid, SAM2
+
+
 def segment_voxels(segmentationNode, segmentId):
     """A segment's voxels on its own labelmap grid: (image-to-segmentation matrix, sorted (i, j, k) indices)."""
     image = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
@@ -410,11 +421,7 @@ def test_a_settings_change_replays_the_prompts(ct, labels, logic):
 
 def test_reset_while_a_job_runs_returns_at_once(ct, labels, link):
     """Bug 13: Reset waited for the worker's lock while a propagation ran."""
-    logic = SegmentWithSAM2Logic(link=link)
-    sam2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
-    seg, sid = logic.prepareSegmentation(ct)
-    k = 14
-    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), sam2)
+    logic, seg, sid, sam2 = sam2_prompted(ct, labels, link)
     logic.startPropagation(ct, seg, sam2)
     logic.poll()
     t = time.monotonic()
@@ -528,11 +535,7 @@ def test_prompts_survive_a_touched_volume_and_go_only_when_its_voxels_change(ct,
 
 def test_slices_are_written_while_the_propagation_runs(ct, labels, link):
     """Each poll writes the slices the server finished since the last one, before the job ends."""
-    logic = SegmentWithSAM2Logic(link=link)
-    sam2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
-    seg, sid = logic.prepareSegmentation(ct)
-    k = 14
-    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), sam2)
+    logic, seg, sid, sam2 = sam2_prompted(ct, labels, link)
     task = logic.startPropagation(ct, seg, sam2)
     seen_while_running = 0
     deadline = time.monotonic() + 120
@@ -544,4 +547,39 @@ def test_slices_are_written_while_the_propagation_runs(ct, labels, link):
     assert task.finished and task.error is None
     assert seen_while_running >= 2  # batches arrived and were written before the end
     assert np.array_equal(sc.segment_array(seg, sid, ct), session_mask(logic, ct, seg, sid))
+    logic.reset()
+
+
+def test_a_crashed_local_server_is_restarted_and_gets_the_prompts_again(ct, labels, logic, link):
+    """A crash or out-of-memory kill of the engine process costs a message, not Slicer or the prompts."""
+    seg, sid = logic.prepareSegmentation(ct)
+    k = 14
+    logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), BASELINE)
+    old = link.server
+    old.process.kill()  # as the kernel's OOM killer would
+    old.process.wait(10)
+    jj, ii = np.nonzero(labels[k] == 5)
+    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, [ii[0], jj[0], k])], [False], red_at(ct, [0, 0, k]), BASELINE)
+    assert link.server is not old and link.server.alive()
+    assert "restarted" in logic.lastMessage and "1 prompt" in logic.lastMessage
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    assert len(c.prompts) == 2
+    logic.startPropagation(ct, seg, BASELINE)
+    logic.wait(60)
+    assert logic.task.error is None
+    assert np.array_equal(sc.segment_array(seg, sid, ct), session_mask(logic, ct, seg, sid))
+
+
+def test_a_server_dying_during_a_propagation_ends_it_with_a_message(ct, labels, link):
+    logic, seg, sid, sam2 = sam2_prompted(ct, labels, link)
+    errors = []
+    logic.startPropagation(ct, seg, sam2, onError=errors.append)
+    logic.poll()
+    link.server.process.kill()
+    link.server.process.wait(10)
+    deadline = time.monotonic() + 60
+    while logic.busy and time.monotonic() < deadline:
+        logic.poll()
+        time.sleep(0.05)
+    assert not logic.busy and len(errors) == 1 and "engine server stopped" in errors[0]
     logic.reset()

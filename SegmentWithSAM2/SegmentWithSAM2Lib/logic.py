@@ -158,6 +158,7 @@ class PropagationTask:
         self.error: str | None = None
         self.written = 0
         self.cancelled = False
+        self._gone = False  # the server's job cannot be reached any more
 
     def poll(self) -> None:
         if self.finished:
@@ -188,6 +189,10 @@ class PropagationTask:
     def _fail(self, exc: BaseException) -> None:
         self.finished = True
         self.error = describe_error(exc)
+        server = self.logic.link.server
+        if server is not None and not server.alive():
+            self._gone = True
+            self.error += f"\nThe local engine server stopped; the next prompt restarts it. Its log ends:\n{server.log_tail(1500)}"
         log.error("propagation failed: %s", self.error, exc_info=exc)
         try:
             if not self.job.finished:
@@ -207,7 +212,7 @@ class PropagationTask:
     @property
     def server_busy(self) -> bool:
         """The server's job still runs (after a failure here, or a cancel, until it stops)."""
-        return not self.job.finished
+        return not self.job.finished and not self._gone
 
     def drain(self) -> bool:
         """Poll the server's job without writing anything; True once it has ended."""
@@ -216,6 +221,7 @@ class PropagationTask:
                 self.job.poll()
             except Exception as exc:  # noqa: BLE001 - a vanished server has ended the job too
                 log.warning("while waiting for a cancelled job: %s", exc)
+                self._gone = True
                 return True
         return self.job.finished
 
@@ -251,6 +257,14 @@ class SegmentWithSAM2Logic:
             raise InputError("choose a segmentation and segment first (or press New segment)")
         key = (volumeNode.GetID(), segmentationNode.GetID())
         controller = self.controllers.get(key)
+        server = self.link.server
+        if controller is not None and settings.mode == "local" and server is not None and not server.alive():
+            # the local engine server died (a crash or out-of-memory in torch): start a new one and
+            # give it the prompts again; Slicer itself was never at risk
+            self._keys[key] = (None,) + self._keys[key][1:]
+            self.lastMessage = "the engine server had stopped and was restarted"
+            if self.task is not None and self.task.controller is controller:
+                self.task._gone = True
         if controller is not None and self._volumeChanged(key, volumeNode):
             if self.busy:
                 raise InputError("a propagation is running; wait for it or press Cancel")
@@ -261,9 +275,10 @@ class SegmentWithSAM2Logic:
             if self.busy:
                 raise InputError("a propagation is running; wait for it or press Cancel before changing settings")
             updates = controller.rebuild(self.sessionFactory(settings))
-            self._keys[key] = (settings.session_key(),) + self._keys[key][1:]
             self.applyUpdates(updates, segmentationNode, volumeNode)
-            self.lastMessage = f"settings changed: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
+            why = "the engine server had stopped and was restarted" if self._keys[key][0] is None and self.lastMessage else "settings changed"
+            self._keys[key] = (settings.session_key(),) + self._keys[key][1:]
+            self.lastMessage = f"{why}: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
         if controller is None:
             from sam2volume.io.readers import guess_modality
 
