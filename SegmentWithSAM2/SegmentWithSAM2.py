@@ -115,6 +115,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoPromptButton.connect("clicked(bool)", self.onUndoPrompt)
         self.ui.fromSegmentButton.connect("clicked(bool)", self.onFromSegment)
         self.ui.useRangeCheckBox.connect("toggled(bool)", lambda on: self.ui.sliceRangeWidget.setEnabled(on))
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.logic.prompts.show_segment)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._timer = qt.QTimer()

@@ -583,3 +583,24 @@ def test_a_server_dying_during_a_propagation_ends_it_with_a_message(ct, labels, 
         time.sleep(0.05)
     assert not logic.busy and len(errors) == 1 and "engine server stopped" in errors[0]
     logic.reset()
+
+
+def test_prompts_are_shown_per_segment(ct, labels, logic):
+    seg, liver = logic.prepareSegmentation(ct, None, "liver")
+    _, spleen = logic.prepareSegmentation(ct, seg, "spleen")
+    k = 14
+    points = logic.prompts.get("positive")
+    for sid, value in ((liver, 5), (spleen, 1)):
+        jj, ii = np.nonzero(labels[k] == value)
+        points.AddControlPointWorld(*sc.ras_of(ct, [ii[len(ii) // 2], jj[len(jj) // 2], k]))
+        points.SetNthControlPointDescription(points.GetNumberOfControlPoints() - 1, sid)
+    roi = logic.prompts.get("box")
+    (i0, j0), (i1, j1) = organ_box(labels, 5, k)
+    roi.AddControlPointWorld(*sc.ras_of(ct, [i0, j0, k]))
+    roi.AddControlPointWorld(*sc.ras_of(ct, [i1, j1, k]))
+    logic.addBox(ct, seg, liver, roi, red_at(ct, [0, 0, k]), BASELINE)
+    logic.prompts.show_segment(spleen)
+    assert [points.GetNthControlPointVisibility(i) for i in range(2)] == [False, True]
+    assert not roi.GetDisplayNode().GetVisibility()
+    logic.prompts.show_segment(liver)
+    assert [points.GetNthControlPointVisibility(i) for i in range(2)] == [True, False] and roi.GetDisplayNode().GetVisibility()

@@ -28,6 +28,7 @@ from .writeback import read_slab, write_slab
 log = logging.getLogger("SegmentWithSAM2")
 
 PROMPT_ATTRIBUTE = "SegmentWithSAM2.prompt"
+SEGMENT_ATTRIBUTE = "SegmentWithSAM2.segment"
 PROMPT_KINDS = {"positive": ("vtkMRMLMarkupsFiducialNode", "SAM2 +", (0.2, 0.9, 0.2)),
                 "negative": ("vtkMRMLMarkupsFiducialNode", "SAM2 -", (0.9, 0.2, 0.2)),
                 "box": ("vtkMRMLMarkupsROINode", "SAM2 box", (0.9, 0.9, 0.2))}
@@ -130,9 +131,22 @@ class PromptNodes:
         display.SetColor(color)
         return node
 
-    def retire_box(self, roi) -> None:
+    def retire_box(self, roi, segmentId: str) -> None:
         """A used box stays visible (locked) until Reset; the next box is a new node."""
         roi.SetLocked(True)
+        roi.SetAttribute(SEGMENT_ATTRIBUTE, segmentId)
+
+    def show_segment(self, segmentId: str | None) -> None:
+        """Show only the prompts of one segment (all with None): points carry their segment in their
+        description, used boxes in an attribute."""
+        for kind in ("positive", "negative"):
+            for node in self.find(kind):
+                for i in range(node.GetNumberOfControlPoints()):
+                    node.SetNthControlPointVisibility(i, segmentId is None or node.GetNthControlPointDescription(i) == segmentId)
+        for roi in self.find("box"):
+            owner = roi.GetAttribute(SEGMENT_ATTRIBUTE)
+            if owner and roi.GetDisplayNode() is not None:
+                roi.GetDisplayNode().SetVisibility(segmentId is None or owner == segmentId)
 
     def clear(self) -> None:
         for kind in PROMPT_KINDS:
@@ -321,7 +335,7 @@ class SegmentWithSAM2Logic:
         c = self.controllerFor(volumeNode, segmentationNode, settings)
         u = c.add_box(segmentId, corners[0], corners[1], slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
                       world_to_local(volumeNode), key=(roi.GetID(), "box"))
-        self.prompts.retire_box(roi)
+        self.prompts.retire_box(roi, segmentId)
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
