@@ -50,7 +50,7 @@ class SegmentWithSAM2(ScriptedLoadableModule):
         self.parent.helpText = (
             "Click positive/negative points or draw a box on a slice; the 2D mask appears at once. "
             "Propagate through the volume with SAM2, correct on any slice and propagate again. "
-            "Keys while the module is shown: 1 positive, 2 negative, 3 box, U undo last prompt. "
+            "Keys in a slice view while the module is shown: 1 positive, 2 negative, 3 box, U undo last prompt. "
             "See the project README, section 3D Slicer."
         )
         self.parent.acknowledgementText = "Uses Meta's SAM 2 (Apache-2.0) and MedSAM2 checkpoints."
@@ -329,14 +329,17 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         if not on:
             return
-        window = slicer.util.mainWindow()
-        for key, kind in SHORTCUTS.items():
-            s = qt.QShortcut(qt.QKeySequence(key), window)
-            s.connect("activated()", lambda k=kind: getattr(self.ui, f"{k}PlaceWidget").setPlaceModeEnabled(True))
-            self._shortcuts.append(s)
-        s = qt.QShortcut(qt.QKeySequence("u"), window)
-        s.connect("activated()", self.onUndoPrompt)
-        self._shortcuts.append(s)
+        # on the slice views only, so that typing in the module's fields is never taken as a shortcut
+        lm = slicer.app.layoutManager()
+        views = [lm.sliceWidget(name) for name in VIEWS] if lm else []
+        actions = [(key, lambda k=kind: getattr(self.ui, f"{k}PlaceWidget").setPlaceModeEnabled(True))
+                   for key, kind in SHORTCUTS.items()] + [("u", self.onUndoPrompt)]
+        for view in [v for v in views if v is not None]:
+            for key, action in actions:
+                s = qt.QShortcut(qt.QKeySequence(key), view)
+                s.setContext(qt.Qt.WidgetWithChildrenShortcut)
+                s.connect("activated()", action)
+                self._shortcuts.append(s)
 
     # ----------------------------------------------------------- propagate
     def onPropagate(self) -> None:
@@ -375,7 +378,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onReset(self) -> None:
         volume = self._parameterNode.inputVolume if self._parameterNode else None
         seg = self.ui.segmentSelector.currentNode()
-        self.logic.reset(volume, seg) if volume is not None and seg is not None else self.logic.reset()
+        if volume is not None and seg is not None:
+            self.logic.reset(volume, seg)
+        else:
+            self.logic.reset()
         self._observePromptNodes()
         self._status("prompts cleared; segments keep what was written (Undo in the Segment Editor takes it back)")
 
