@@ -38,8 +38,8 @@ if ! "$VPY" -c "import sam2.sam2_video_predictor" >/dev/null 2>&1; then
   pipi --no-deps "rf-sam-2==1.0.3"
 fi
 # our package with its declared dependencies; torch is already satisfied so pip adds nothing to it
-pipi -e ".[engine,metrics,plots,server,slicer,test]"
-"$VPY" -c "import torch, sam2.sam2_video_predictor, sam2volume, monai, fastapi, uvicorn, slicer_core" || { echo "setup: import check failed" >&2; exit 1; }
+pipi -e ".[engine,metrics,plots,server,slicer,distributed,test]"
+"$VPY" -c "import torch, sam2.sam2_video_predictor, sam2volume, monai, fastapi, uvicorn, slicer_core, ray" || { echo "setup: import check failed" >&2; exit 1; }
 if "$VPY" -c "import torchvision" >/dev/null 2>&1; then :; else
   "$VPY" -m pip show -q torchvision >/dev/null 2>&1 && { echo "setup: an unusable torchvision is installed; removing it"; "$VPY" -m pip uninstall -y -q torchvision; }
 fi

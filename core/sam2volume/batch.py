@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, Sam2VolumeError, check_count
-from .io.atomic import check_output, remove_partials, split_suffix, write_json_atomic
+from .io.atomic import atomic_output, check_output, remove_partials, split_suffix, write_json_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
 from .locks import FileLock
@@ -101,6 +101,8 @@ def batch(
     token: str | None = None,
     num_parts: int = 1,
     part_id: int = 0,
+    ray: str | bool | None = None,
+    ray_workers: int | None = None,
 ) -> dict[str, Any]:
     """Segment every input; returns the batch report (also ``OUT_DIR/batch_report.json``).
 
@@ -148,7 +150,7 @@ def batch(
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():
             write_json_atomic(out_dir / SETTINGS_FILE, {"settings": settings, "versions": _versions()})
-        if engine == "sam2" and predictor is None and server is None and any(pr is not None for _, _, pr in todo):
+        if engine == "sam2" and predictor is None and server is None and ray in (None, False) and any(pr is not None for _, _, pr in todo):
             from .engine.predictor import build_predictor
 
             predictor = build_predictor(cfg, progress=progress)
@@ -161,16 +163,46 @@ def batch(
                                   "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
                                   "skipped_finished": [str(out) for _, out, _ in finished],
                                   "errors": [], "seconds": {}}
+        seg_kwargs = dict(axis=axis, direction=direction, stop_after=stop_after, window=window, allow_uneven_spacing=allow_uneven_spacing)
+        for image, out, pfile in todo:
+            if pfile is None:
+                report["errors"].append({"input": str(image), "error": f"InputError: no prompts for {image}: put {_stem(image)}.prompts.json "
+                                                                        "beside it or in --prompts-dir, or pass --prompts"})
+                if bar is not None:
+                    bar.update(1)
+        todo = [item for item in todo if item[2] is not None]
+        if ray not in (None, False) and todo:
+            from .evaluation.distributed import VolumeWorker, run_cases
+
+            by_image = {str(image): out for image, out, _ in todo}
+            t_start = {str(image): time.perf_counter() for image, _, _ in todo}
+
+            def finished(item: Any, status: dict[str, Any], files: dict[str, bytes], worker: str) -> None:
+                image = item[0]
+                for rel, data in files.items():  # the worker's outputs, written by the driver (atomically)
+                    with atomic_output(out_dir / rel) as tmp:
+                        tmp.write_bytes(data)
+                if status.get("ok"):
+                    report["done"].append(str(by_image[image]))
+                    report["seconds"][image] = round(time.perf_counter() - t_start[image], 3)
+                else:
+                    report["errors"].append({"input": image, "error": status["error"]})
+                if bar is not None:
+                    bar.update(1)
+
+            items = [(str(image), str(pfile), out.name, f"{_stem(image)}.png" if png else None) for image, out, pfile in todo]
+            report["executor"] = run_cases(None if ray is True else str(ray), items, (cfg, engine), seg_kwargs, finished,
+                                           worker=VolumeWorker, task_id=lambda item: item[0], workers=ray_workers,
+                                           wants_gpu=engine == "sam2" and str(cfg.device).startswith(("auto", "cuda")),
+                                           on_dead=lambda item, message: {"ok": False, "error": message})
+            todo = []
         for n, (image, out, pfile) in enumerate(todo):
             if on_item is not None:
                 on_item(n, len(todo), str(image))
             t = time.perf_counter()
             try:
-                if pfile is None:
-                    raise InputError(f"no prompts for {image}: put {_stem(image)}.prompts.json beside it or in --prompts-dir, or pass --prompts")
-                segment(image, pfile, out, config=cfg, axis=axis, direction=direction, stop_after=stop_after, window=window,
-                        png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor, engine=engine,
-                        allow_uneven_spacing=allow_uneven_spacing, server=server, token=token)
+                segment(image, pfile, out, config=cfg, png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor,
+                        engine=engine, server=server, token=token, **seg_kwargs)
                 report["done"].append(str(out))
                 report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
             except Sam2VolumeError as exc:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
     p.add_argument("--save-predictions", action="store_true", help="also write each case's labelmap per engine")
     p.add_argument("--limit", type=POSITIVE_INT, help="only the first N cases (N >= 1)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the cases on Ray: alone, a local Ray instance; with an address (or 'auto'), that cluster")
+    p.add_argument("--ray-workers", type=POSITIVE_INT, help="Ray actors (default: one per GPU, else one per CPU)")
     _add_part_options(p, "cases")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -60,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window")
     p.add_argument("--png", action="store_true", help="a PNG overlay per volume")
     _add_part_options(p, "inputs")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="segment on Ray: alone, a local Ray instance; with an address (or 'auto'), that cluster")
+    p.add_argument("--ray-workers", type=POSITIVE_INT, help="Ray actors (default: one per GPU, else one per CPU)")
     p.add_argument("--allow-uneven-spacing", action="store_true",
                    help="read DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -73,7 +79,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
         labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
         window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
-        save_predictions=args.save_predictions, limit=args.limit, num_parts=args.num_parts, part_id=args.part_id, progress=not args.quiet, **server_options(args),
+        save_predictions=args.save_predictions, limit=args.limit, num_parts=args.num_parts, part_id=args.part_id, progress=not args.quiet,
+        ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
     )
     # -q hides the progress bars only: the summary and the errors are always printed
     c = report["cases"]
@@ -119,7 +126,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
         config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
         window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
-        num_parts=args.num_parts, part_id=args.part_id, **server_options(args),
+        num_parts=args.num_parts, part_id=args.part_id, ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
     )
     if not args.quiet:
         print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, Sam2VolumeError, check_count
-from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
+from ..io.atomic import NULL_NOTE, atomic_output, remove_partials, write_json_atomic
 from ..locks import FileLock
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
@@ -109,6 +109,9 @@ def evaluate(
     limit: int | None = None,
     num_parts: int = 1,
     part_id: int = 0,
+    ray: str | bool | None = None,
+    ray_workers: int | None = None,
+    ray_gpus_per_worker: float | None = None,
     progress: bool = False,
     on_case: Callable[[int, int, str], None] | None = None,
     predictor: Any = None,
@@ -187,8 +190,11 @@ def evaluate(
     wait = 7 * 24 * 3600.0 if num_parts > 1 else 0.0
     with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}", wait=wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
         try:
+            ray_opts = None if ray in (None, False) else {"address": None if ray is True else str(ray), "workers": ray_workers,
+                                                          "gpus_per_worker": ray_gpus_per_worker}
             return _evaluate_in(run_dir, settings_file, settings, cases, [c.case_id for c in all_cases], ds, objects, proto, engine, engines, cfg, axis, window,
-                                predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case)
+                                predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case,
+                                ray_opts)
         finally:
             if server is not None:
                 predictor.close()
@@ -206,7 +212,7 @@ def _case_done(run_dir: Path, case_id: str) -> bool:
 
 
 def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, proto, engine, engines, cfg, axis, window,
-                 predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case):
+                 predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case, ray_opts=None):
     from ..api import _versions
 
     cleaned = [str(p.relative_to(run_dir)) for p in remove_partials(run_dir, recursive=True)]
@@ -215,7 +221,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
 
     todo = [c for c in cases if not _case_done(run_dir, c.case_id)
             or (save_predictions and not all((run_dir / "predictions" / f"{c.case_id}.{e}.nii.gz").is_file() for e in engines))]
-    if engine == "sam2" and predictor is None and todo:
+    if engine == "sam2" and predictor is None and todo and ray_opts is None:
         from ..engine.predictor import build_predictor
 
         predictor = build_predictor(cfg, progress=progress)  # a missing checkpoint fails here, once
@@ -227,16 +233,36 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
 
         bar = progress_bar(len(cases), initial=skipped_done, desc="evaluate", unit="case")
     t_run = time.perf_counter()
-    for n, case in enumerate(todo):
-        if on_case is not None:
-            on_case(skipped_done + n, len(cases), case.case_id)
-        record = _run_case(case, ds, objects, proto, engines, factory, seed=seed, stop_after=stop_after,
-                           tol_table=tol_table, tol_default=tol_default, run_dir=run_dir, overlays=overlays,
-                           save_predictions=save_predictions)
+    case_kwargs = dict(ds=ds, objects=objects, proto=proto, engines=engines, seed=seed, stop_after=stop_after, tol_table=tol_table,
+                       tol_default=tol_default, overlays=overlays, save_predictions=save_predictions)
+    done_count = [0]
+
+    def finished(case: Case, record: dict[str, Any], files: dict[str, bytes] | None = None, worker: str | None = None) -> None:
+        for rel, data in (files or {}).items():  # a Ray worker's overlays and predictions, written by the driver
+            with atomic_output(run_dir / rel) as tmp:
+                tmp.write_bytes(data)
+        if worker is not None:
+            record["worker"] = worker
         write_json_atomic(_case_file(run_dir, case.case_id), {**record, "null_values": NULL_NOTE})
+        done_count[0] += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(case.case_id)
+
+    executor: dict[str, Any] = {"executor": "local"}
+    if ray_opts is not None and todo:
+        from .distributed import run_cases
+
+        if engine == "sam2" and predictor is not None:
+            raise InputError("--ray builds the model on each worker; it cannot be combined with a prebuilt predictor or --server")
+        wants_gpu = engine == "sam2" and str(cfg.device).startswith(("auto", "cuda"))
+        executor = run_cases(ray_opts["address"], todo, ((cfg, axis, window, None),), case_kwargs, finished,
+                             workers=ray_opts["workers"], gpus_per_worker=ray_opts["gpus_per_worker"], wants_gpu=wants_gpu)
+    else:
+        for n, case in enumerate(todo):
+            if on_case is not None:
+                on_case(skipped_done + n, len(cases), case.case_id)
+            finished(case, _run_case(case, factory=factory, run_dir=run_dir, **case_kwargs))
     if bar is not None:
         bar.close()
     # the tables cover every case of the run: the last shard to finish writes the merged tables
@@ -248,6 +274,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
         "dataset": ds.summary(),
         "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned},
         "seconds_this_invocation": round(time.perf_counter() - t_run, 3),
+        "executor": executor,
     })
 
 
@@ -272,12 +299,12 @@ def _save_prediction(result: Any, path: Path, label_of: dict[str, int], objects:
 
 def _run_case(
     case: Case,
+    *,
     ds: Dataset,
     objects: dict[str, tuple[int, ...]],
     proto: Protocol,
     engines: list[str],
     factory: _Engines,
-    *,
     seed: int,
     stop_after: int | None,
     tol_table: dict[str, float],
