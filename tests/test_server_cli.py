@@ -38,7 +38,7 @@ def _same_labelmaps(a: Path, b: Path, ct) -> None:
     assert [s["name"] for s in la.meta.get("segments", [])] == [s["name"] for s in lb.meta.get("segments", [])]
 
 
-@pytest.mark.parametrize("engine", ["baseline", "sam2"])
+@pytest.mark.parametrize("engine", ["baseline"])  # SAM2 through a server: test_server_equivalence
 def test_segment_on_a_server_writes_the_local_files(tmp_path, totalseg, server, token_file, engine):
     ct_file = totalseg / "example_ct_sm.nii.gz"
     extra = ["--engine", engine] + (["--random-weights", "--image-size", "128", "--device", "cpu"] if engine == "sam2" else [])

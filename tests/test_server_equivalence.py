@@ -144,3 +144,29 @@ def test_sam2_random_weights_remote_equals_local(server, ct, seg):
         assert np.array_equal(local.add_points(1, [q], [0]), remote.add_points(1, [q], [0]))
         assert local.propagate("forward", objects=[1]) == remote.propagate("forward", objects=[1])
         _same_results(local, remote)
+
+
+def test_custom_checkpoint_from_the_servers_own_flags(tmp_path, ct, seg):
+    """A checkpoint on the server's disk (--checkpoint/--config), asked for as model 'custom', equals it run locally."""
+    import torch
+
+    from sam2volume.engine.config import EngineConfig
+    from sam2volume.engine.predictor import build_predictor
+    from sam2volume.session import Session
+
+    from sam2_helpers import CONFIG
+
+    cfg = engine_config()
+    pred = build_predictor(cfg)
+    ckpt = tmp_path / "my_model.pt"
+    torch.save({"model": pred.state_dict()}, ckpt)
+    vol, lab = _small_ct(ct, 12, 4), _small_ct(seg, 12, 4)
+    idx = np.argwhere(lab.array == 5)
+    p = idx[len(idx) // 2].tolist()
+    local = Session(vol, "axial", cfg, predictor=pred)
+    with local_server("--checkpoint", str(ckpt), "--config", CONFIG, "--custom-image-size", "128") as server:
+        with RemoteSession(server.url, vol, "axial", EngineConfig(model="custom"), token=server.token) as remote:
+            assert remote.server_config["checkpoint"] == str(ckpt) and remote.server_config["image_size"] == 128
+            assert np.array_equal(local.add_points(1, [p]), remote.add_points(1, [p]))
+            assert local.propagate("both", stop_after=None) == remote.propagate("both", stop_after=None)
+            _same_results(local, remote)

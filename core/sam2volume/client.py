@@ -189,6 +189,8 @@ class SliceResult:
 class RemoteJob:
     """A propagation running on the server; poll it from a GUI timer, or wait for it."""
 
+    WAIT_POLL_HZ = 4.0
+
     def __init__(self, session: "RemoteSession", job_id: str):
         self.session = session
         self.id = job_id
@@ -262,10 +264,16 @@ class RemoteJob:
                     raise ServerError(f"propagation job {self.id} did not finish within {timeout:g} s (it goes on on the "
                                       "server; cancel() stops it)", url=self.session._http.url)
                 step = min(step, left)
+            t0 = time.monotonic()
             self.poll(wait=step)
             if progress is not None and self.progress != shown and self.progress[1]:
                 shown = self.progress
                 progress(*self.progress)
+            # a blocking wait needs no slice the moment it is done: at most WAIT_POLL_HZ polls a second
+            # leave the CPUs to the model (client and server may share them)
+            rest = 1.0 / self.WAIT_POLL_HZ - (time.monotonic() - t0)
+            if rest > 0 and not self.finished:
+                time.sleep(rest)
         if self.error is not None:
             raise self.error
         assert self.report is not None

@@ -21,6 +21,7 @@ class ServerConfig:
     models: list[str] = field(default_factory=list)  #: registry names clients may ask for (first: default)
     checkpoint: str | None = None  #: a custom model, named "custom", from the server's own files
     config_file: str | None = None
+    custom_image_size: int = 1024  #: the custom model's input size unless a client sets image_size (MedSAM2: 512)
     allow_random_weights: bool = False  #: tests and benchmarks only
     preload: bool = False  #: build the default model at start-up
     max_sessions: int = 16

@@ -116,7 +116,8 @@ class ModelPool:
         if model == CUSTOM:
             if not self.config.checkpoint:
                 raise InputError("this server has no custom model (start it with --checkpoint FILE.pt --config FILE.yaml)")
-            cfg = replace(cfg, checkpoint=self.config.checkpoint, config_file=self.config.config_file)
+            cfg = replace(cfg, checkpoint=self.config.checkpoint, config_file=self.config.config_file,
+                          image_size=cfg.image_size or self.config.custom_image_size)
         cfg.spec()  # an unknown model fails here
         return replace(cfg, device=self.device)
 
