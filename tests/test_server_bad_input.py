@@ -97,6 +97,10 @@ def test_malformed_requests(server, ct, bystander):
     assert status == 400 and "path" in _err(out)[1]
     status, out = raw(server, "POST", f"/v1/sessions/{sid}/points", {"label": 1, "slice": 3, "points": [[1, 2]] * 40000})
     assert status == 413 and "--max-body-mb" in _err(out)[1]
+    status, out = raw(server, "POST", f"/v1/sessions/{sid}/points", {"label": 1, "slice": 3, "points": [[1, 2]] * 1001})
+    assert status == 400 and "at most 1000" in _err(out)[1]
+    status, out = raw(server, "POST", f"/v1/sessions/{sid}/box", {"label": 1, "slice": 3, "box": [1, 2, 3]})
+    assert status == 400 and "box" in _err(out)[1]
     status, out = raw(server, "POST", f"/v1/sessions/{sid}/mask", {"label": 1, "slice": 3, "mask": {"shape": [101, 122], "bits": "AAAA"}})
     assert status == 400 and "bytes" in _err(out)[1]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_POINTS = 1000  #: points in one prompt (a click adds one; the bound keeps one request's work small)
+Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 from ..errors import InputError
 
@@ -29,21 +32,21 @@ class OpenSession(_Req):
 class AddObject(_Req):
     label: int
     name: Optional[str] = None
-    color: Optional[list[float]] = None
+    color: Optional[Annotated[list[float], Field(min_length=3, max_length=4)]] = None
 
 
 class AddPoints(_Req):
     label: int
     slice: int
-    points: list[list[float]]  # frame pixels (x = column, y = row)
-    point_labels: Optional[list[int]] = None
+    points: Annotated[list[Pair], Field(min_length=1, max_length=MAX_POINTS)]  # frame pixels (x = column, y = row)
+    point_labels: Optional[Annotated[list[int], Field(max_length=MAX_POINTS)]] = None
     name: Optional[str] = None
 
 
 class AddBox(_Req):
     label: int
     slice: int
-    box: list[float]  # x0, y0, x1, y1 in frame pixels
+    box: Annotated[list[float], Field(min_length=4, max_length=4)]  # x0, y0, x1, y1 in frame pixels
     name: Optional[str] = None
 
 
@@ -56,9 +59,9 @@ class AddMask(_Req):
 
 class StartJob(_Req):
     direction: str = "both"
-    objects: Optional[list[int]] = None
+    objects: Optional[Annotated[list[int], Field(max_length=65535)]] = None
     start: Optional[int] = None
-    slice_range: Optional[list[int]] = None
+    slice_range: Optional[Annotated[list[int], Field(min_length=2, max_length=2)]] = None
     stop_after: Optional[int] = 3
 
 
