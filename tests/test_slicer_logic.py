@@ -604,3 +604,24 @@ def test_prompts_are_shown_per_segment(ct, labels, logic):
     assert not roi.GetDisplayNode().GetVisibility()
     logic.prompts.show_segment(liver)
     assert [points.GetNthControlPointVisibility(i) for i in range(2)] == [True, False] and roi.GetDisplayNode().GetVisibility()
+
+
+def test_a_custom_checkpoint_is_served_by_the_local_server_as_model_custom(tmp_path, totalseg):
+    """Local mode: the checkpoint file goes to the server's own flags, never into a request."""
+    from SegmentWithSAM2Lib.engine_link import EngineLink
+
+    from sam2volume import Sam2VolumeError
+
+    link = EngineLink(python=sys.executable, log_file=str(tmp_path / "server.log"))
+    missing = tmp_path / "my_medsam2.pt"
+    settings = Settings(mode="local", engine="sam2", model="medsam2-latest", device="cpu", checkpoint=str(missing))
+    try:
+        make = link.factory(settings)
+        cmd = link.server.command
+        assert cmd[cmd.index("--checkpoint") + 1] == str(missing) and cmd[cmd.index("--custom-image-size") + 1] == "512"
+        vol = read_volume(totalseg / "example_ct_sm.nii.gz")
+        with pytest.raises(Sam2VolumeError, match="my_medsam2.pt"):  # the server names the file it cannot load
+            session = make(vol, "axial")
+            session.add_points(1, [[60, 40, 14]])
+    finally:
+        link.stop()

@@ -77,7 +77,8 @@ class EngineLink:
             if settings.checkpoint:  # served as model "custom", with the chosen model's SAM2 config
                 from sam2volume.models.registry import get_model
 
-                args += ("--checkpoint", settings.checkpoint, "--config", get_model(settings.model).config)
+                spec = get_model(settings.model)
+                args += ("--checkpoint", settings.checkpoint, "--config", spec.config, "--custom-image-size", str(spec.image_size))
             self.server = start_local_server(self.python, device=settings.device, engine_args=args,
                                              allow_random_weights=self.allow_random_weights, log_file=log)
             self._server_key = key
@@ -102,7 +103,8 @@ class EngineLink:
         if settings.engine == "sam2":
             from sam2volume.engine.config import EngineConfig
 
-            # a custom checkpoint is the local server's model "custom" (a remote one never names files)
+            # a custom checkpoint is the local server's model "custom", built with the chosen model's
+            # config and image size (a remote session never names files)
             model = "custom" if settings.checkpoint and settings.mode == "local" else settings.model
             config = EngineConfig(**({"model": model} if model else {}), **self.config_overrides)
         window = None if settings.window == "auto" else settings.window
