@@ -98,7 +98,12 @@ def test_a_lost_answer_is_retried_once_and_not_applied_twice(ct):
         s.add_points(1, [[60, 50, 15]])
         s.add_points(2, [[30, 50, 15]])
         s._http._conn.sock.shutdown(socket.SHUT_RD)  # our side of the kept-alive connection can no longer read
+        opened = []
+        real_connect = s._http._connect
+        s._http._connect = lambda timeout: (opened.append(timeout), real_connect(timeout))[1]  # counts connections
         s.remove_object(1)  # without the request id the retry would fail: "unknown object 1"
+        assert len(opened) == 1  # the call went out again on a new connection
         assert sorted(s.objects) == [2]
         assert s.result().array.max() == 2
-        assert server.log_tail(20000).count(f"DELETE /v1/sessions/{s.id}/objects/1 ") == 2  # it was sent twice
+        # whether uvicorn logs the first try depends on when it notices the dead reader; the retry is logged
+        assert server.log_tail(20000).count(f"DELETE /v1/sessions/{s.id}/objects/1 ") in (1, 2)

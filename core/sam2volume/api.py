@@ -57,6 +57,13 @@ def reproduction(vol: Volume, image: Any, prompts: Any, pset: PromptSet, cfg: An
         "prompts_sha256": _file_digest([prompts]) if isinstance(prompts, (str, Path)) else None,
         "mask_files_sha256": {str(m["file"]): _file_digest([m["file"]]) for o in pset.objects for m in o.masks},
     }
+    out.update(model_record(cfg, engine, server))
+    return out
+
+
+def model_record(cfg: Any, engine: str, server: str | None = None) -> dict[str, Any]:
+    """The model a run used: name, config actually used, image size, and the checkpoint's path and SHA-256."""
+    out: dict[str, Any] = {}
     if engine != "sam2":
         return out
     spec = cfg.spec()
@@ -70,8 +77,8 @@ def reproduction(vol: Volume, image: Any, prompts: Any, pset: PromptSet, cfg: An
         wm = WeightsManager()
         path = Path(cfg.checkpoint) if cfg.checkpoint else wm.path_for(spec)
         record = None if cfg.checkpoint else wm.record(spec)
-        out["checkpoint"] = {"path": str(path), "sha256": record["sha256"] if record else _file_digest([path]),
-                             "verified_against": record.get("verified_against") if record else None}
+        sha = record["sha256"] if record else (_file_digest([path]) if path.is_file() else None)
+        out["checkpoint"] = {"path": str(path), "sha256": sha, "verified_against": record.get("verified_against") if record else None}
     return out
 
 

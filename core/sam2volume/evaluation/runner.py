@@ -213,7 +213,8 @@ def _case_done(run_dir: Path, case_id: str) -> bool:
 
 def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, proto, engine, engines, cfg, axis, window,
                  predictor, seed, stop_after, tol_table, tol_default, overlays, save_predictions, progress, on_case, ray_opts=None):
-    from ..api import _versions
+    from ..api import _versions, model_record
+    from ..client import RemoteEngine
 
     cleaned = [str(p.relative_to(run_dir)) for p in remove_partials(run_dir, recursive=True)]
     if not settings_file.is_file():
@@ -275,6 +276,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
         "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned},
         "seconds_this_invocation": round(time.perf_counter() - t_run, 3),
         "executor": executor,
+        "reproduce": model_record(cfg, engine, predictor.url if isinstance(predictor, RemoteEngine) else None),
     })
 
 
