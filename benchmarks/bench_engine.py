@@ -4,12 +4,15 @@ In one process, on the same volume (real CT slices from ../shared/data, stacked 
 the same prompt (a box on the middle slice) and the same random weights (hiera tiny, bf16 autocast on
 CPU, which upstream needs there), it prints per image size:
 
-* seconds per slice for upstream and for us, and the ratio ours/upstream;
+* seconds per slice for upstream and for us (both sides warmed up, runs interleaved and repeated:
+  min and median), the same slices counted on both sides, and the ratio ours/upstream;
+* time to the first 2D mask after a click (model loaded), on a slice not yet encoded and on one already
+  encoded, for both sides;
 * the share of our time spent outside the model's own forward passes;
 * a correction (negative point) plus re-propagation against a fresh run (no re-encoding);
 * peak RSS growth during each run, for the memory lengths (default 64 and 300 slices at 512 px).
 
-Usage: .venv/bin/python benchmarks/bench_engine.py [--sizes 512 1024] [--time-slices 16]
+Usage: .venv/bin/python benchmarks/bench_engine.py [--sizes 512 1024] [--time-slices 16] [--repeats 3]
        [--memory-slices 64 300] [--memory-size 512] [--memory-cache-mb 256] [--json out.json]
 Memory runs each start a fresh process, so allocator reuse between runs does not hide growth.
 This is a benchmark, not a test: the machines are shared, so figures vary from run to run.
@@ -161,7 +164,8 @@ def run_ours(ours, cfg, vol, window, box_ijk, timer=None, correction=False):
     model_time = (timer.total - m0) if timer else float("nan")
     out = {"fresh_s": fresh, "slices": rep.slices_run, "model_s": model_time}
     if correction:
-        c = box_ijk[0][2] + 3
+        n = vol.shape[2]
+        c = box_ijk[0][2] + 3 if box_ijk[0][2] + 3 < n else max(0, box_ijk[0][2] - 1)  # short stacks too
         calls = ours.encoder_calls
         t1 = time.perf_counter()
         session.add_points(1, [[box_ijk[0][0] + 2, box_ijk[0][1] + 2, c]], [0])
@@ -171,6 +175,46 @@ def run_ours(ours, cfg, vol, window, box_ijk, timer=None, correction=False):
         out["reencoded"] = ours.encoder_calls - calls
     session.result()
     return out
+
+
+def first_mask_times(up, ours, cfg, vol, window, box_ijk, mid):
+    """Seconds from a click to its 2D mask, model loaded: the slice not yet encoded, then encoded."""
+    import torch
+    from PIL import Image
+
+    from sam2volume.session import Session
+    from sam2volume.slicing import SliceAxis
+
+    out = {}
+    session = Session(vol, "axial", cfg, predictor=ours, window=window)
+    t = time.perf_counter()
+    session.add_box(1, box_ijk)
+    out["ours_cold"] = time.perf_counter() - t
+    t = time.perf_counter()
+    session.add_points(1, [[box_ijk[0][0] + 5, box_ijk[0][1] + 5, mid]], [1])
+    out["ours_encoded"] = time.perf_counter() - t
+    canon = vol.reoriented(vol.reorientation_to("LPS"))
+    axis = SliceAxis("axial", canon.shape)
+    with tempfile.TemporaryDirectory() as d, torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for s in range(axis.num_slices):
+            img = (window.apply(axis.frame(canon.array, s)) * 255).round().astype(np.uint8)
+            Image.fromarray(img).convert("RGB").save(f"{d}/{s:05d}.jpg", quality=95)
+        state = up.init_state(d)  # upstream encodes frame 0 here; the prompted slice on first use
+        box = [box_ijk[0][0], box_ijk[0][1], box_ijk[1][0], box_ijk[1][1]]
+        t = time.perf_counter()
+        up.add_new_points_or_box(state, frame_idx=mid, obj_id=1, box=box)
+        out["upstream_cold"] = time.perf_counter() - t
+        t = time.perf_counter()
+        up.add_new_points_or_box(state, frame_idx=mid, obj_id=1, points=[[box_ijk[0][0] + 5, box_ijk[0][1] + 5]], labels=[1],
+                                 clear_old_points=False)
+        out["upstream_encoded"] = time.perf_counter() - t
+    return out
+
+
+def _stats(values):
+    import statistics
+
+    return {"min": min(values), "median": statistics.median(values), "runs": len(values)}
 
 
 def _child_memory(which: str, n: int, size: int, cache_mb: float) -> dict:
@@ -209,6 +253,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024])
     ap.add_argument("--time-slices", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per side (min and median printed)")
     ap.add_argument("--memory-slices", type=int, nargs="*", default=[64, 300])
     ap.add_argument("--memory-size", type=int, default=512)
     ap.add_argument("--memory-cache-mb", type=float, default=256.0, help="our feature-cache budget in the memory runs")
@@ -229,13 +274,28 @@ def main(argv=None):
         box = [[45, 27, mid], [104, 85, mid]]
         up, ours, cfg = build_models(size)
         timer = ModelTimer(ours)
-        run_ours(ours, cfg, make_volume(2), window, [[45, 27, 1], [104, 85, 1]])  # warm-up
-        t_up, n_up = run_upstream(up, vol, window, box, mid)
-        r = run_ours(ours, cfg, vol, window, box, timer=timer, correction=True)
+        short = make_volume(2)
+        run_ours(ours, cfg, short, window, [[45, 27, 1], [104, 85, 1]])  # warm-up, both sides
+        run_upstream(up, short, window, [[45, 27, 1], [104, 85, 1]], 1)
+        up_times, our_times, r = [], [], None
+        for rep in range(args.repeats):  # interleaved, the order alternating
+            for side in (("up", "ours") if rep % 2 == 0 else ("ours", "up")):
+                if side == "up":
+                    t_up, n_up = run_upstream(up, vol, window, box, mid)
+                    up_times.append(t_up / n_up)
+                else:
+                    r = run_ours(ours, cfg, vol, window, box, timer=timer, correction=True)
+                    our_times.append(r["fresh_s"] / r["slices"])
+        if n_up != r["slices"]:
+            print(f"  note: upstream visited {n_up} slices, ours {r['slices']}")
+        clicks = first_mask_times(up, ours, cfg, vol, window, box, mid)
+        up_s, our_s = _stats(up_times), _stats(our_times)
         row = {
-            "upstream_s_per_slice": t_up / n_up,
-            "ours_s_per_slice": r["fresh_s"] / r["slices"],
-            "ratio_ours_upstream": (r["fresh_s"] / r["slices"]) / (t_up / n_up),
+            "slices_counted": {"upstream": n_up, "ours": r["slices"]},
+            "upstream_s_per_slice": up_s,
+            "ours_s_per_slice": our_s,
+            "ratio_ours_upstream_median": our_s["median"] / up_s["median"],
+            "first_mask_s": clicks,
             "outside_model_share": 1 - r["model_s"] / r["fresh_s"],
             "repropagate_s": r["repropagate_s"],
             "fresh_s": r["fresh_s"],
@@ -243,9 +303,12 @@ def main(argv=None):
             "reencoded_slices_in_correction": r["reencoded"],
         }
         results["sizes"][size] = row
-        print(f"\n== {size} px, {args.time_slices} slices, box on slice {mid}")
-        print(f"  upstream (JPEG folder): {row['upstream_s_per_slice']:.3f} s/slice")
-        print(f"  ours (in memory):       {row['ours_s_per_slice']:.3f} s/slice   ratio ours/upstream {row['ratio_ours_upstream']:.3f}")
+        print(f"\n== {size} px, {args.time_slices} slices, box on slice {mid}, {args.repeats} interleaved runs per side")
+        print(f"  upstream (JPEG folder): {up_s['min']:.3f} min / {up_s['median']:.3f} median s/slice ({n_up} slices)")
+        print(f"  ours (in memory):       {our_s['min']:.3f} min / {our_s['median']:.3f} median s/slice ({r['slices']} slices)"
+              f"   ratio of medians ours/upstream {row['ratio_ours_upstream_median']:.3f}")
+        print(f"  first mask after a click: upstream {clicks['upstream_cold']:.3f} s (slice not encoded) / "
+              f"{clicks['upstream_encoded']:.3f} s (encoded); ours {clicks['ours_cold']:.3f} / {clicks['ours_encoded']:.3f} s")
         print(f"  ours outside model forward passes: {100 * row['outside_model_share']:.2f} %")
         print(f"  correction + re-propagation: {r['repropagate_s']:.2f} s for {r['repropagate_slices']} slices vs fresh "
               f"{r['fresh_s']:.2f} s for {r['slices']}: {row['repropagate_speedup']:.2f}x faster per slice, "
