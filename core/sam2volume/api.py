@@ -12,7 +12,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, check_count
 from .io import read_volume, write_labelmap
-from .io.atomic import atomic_output, check_output, json_text, split_suffix
+from .io.atomic import check_output, split_suffix, write_json_atomic
 from .io.writers import check_segment_names, names_sidecar_path, output_kind, write_names_sidecar
 from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
@@ -207,6 +207,5 @@ def segment(
             title = f"{Path(str(vol.name)).name}: {model}" + (" - RANDOM WEIGHTS, pipeline check only" if engine == "sam2" and cfg.random_weights else "")
             save_overlay_png(vol, result, png, window=session.window, axis=session.axis.axis, title=title)
             report["png"] = str(png)
-        with atomic_output(report_path(output)) as tmp:
-            tmp.write_text(json_text(report))
+        write_json_atomic(report_path(output), report)
     return result, report

@@ -10,19 +10,15 @@ exist is skipped, so a killed batch resumes where it stopped. Failures are liste
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, Sam2VolumeError, check_count
-from .io.atomic import atomic_output, check_output, remove_partials, split_suffix, write_json_atomic
+from .io.atomic import check_output, remove_partials, split_suffix, write_json_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
-from .locks import FileLock
-
-LOCK_NAME = ".sam2volume.lock"
+from .run_folder import check_settings, folder_lock, take_part
 
 
 def _stem(path: Path) -> str:
@@ -63,22 +59,6 @@ def find_prompts(image: Path, prompts: str | Path | None, prompts_dir: str | Pat
 SETTINGS_FILE = "batch_settings.json"
 
 
-def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """A batch folder holds one configuration: a rerun with other settings is refused, naming them."""
-    f = out_dir / SETTINGS_FILE
-    if not f.is_file():
-        return
-    try:
-        old = json.loads(f.read_text(encoding="utf-8"))["settings"]
-        if not isinstance(old, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{f} is corrupt; delete it only if every output in {out_dir} was made with the settings you give now") from None
-    diff = [f"{k}: {old.get(k)!r} before, {settings[k]!r} now" for k in settings if old.get(k) != json.loads(json.dumps(settings[k]))]
-    if diff:
-        raise InputError(f"{out_dir} holds a batch with other settings ({'; '.join(diff)}); rerun with the same settings or use a new -o folder")
-
-
 def batch(
     inputs: list[str | Path],
     out_dir: str | Path,
@@ -113,10 +93,7 @@ def batch(
 
     out_dir = Path(out_dir)
     check_count(stop_after, "stop_after", allow_none=True)
-    check_count(num_parts, "num_parts")
-    check_count(part_id, "part_id", minimum=0)
-    if part_id >= num_parts:
-        raise InputError(f"part_id {part_id} must be below num_parts {num_parts} (parts are numbered 0..{num_parts - 1})")
+    take_part([], num_parts, part_id)  # checks the shard numbers before any work
     output_kind(out_dir / f"x{suffix}")  # an unknown format fails before any work
     if engine not in ("sam2", "baseline"):
         raise InputError(f"unknown engine {engine!r}; use 'sam2' or 'baseline'")
@@ -139,14 +116,13 @@ def batch(
                 "stop_after": stop_after, "window": window, "suffix": suffix, "png": bool(png),
                 "prompts": str(Path(prompts).resolve()) if prompts is not None else None,
                 "prompts_dir": str(Path(prompts_dir).resolve()) if prompts_dir is not None else None}
-    _check_settings(out_dir, settings)
-    plan = plan[part_id::num_parts]  # a shard: every num_parts-th input, into the same folder
+    check_settings(out_dir / SETTINGS_FILE, settings, "batch")
+    plan = take_part(plan, num_parts, part_id)  # a shard, into the same folder
     todo, finished = [], []
     for item in plan:  # an output with its report was finished by an earlier run
         (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wait = 7 * 24 * 3600.0 if num_parts > 1 else 0.0  # one writer per folder: a shard waits for the one writing
-    with FileLock(out_dir / LOCK_NAME, f"batch folder {out_dir}", wait=wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
+    with folder_lock(out_dir, f"batch folder {out_dir}", shard=num_parts > 1):
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():
             write_json_atomic(out_dir / SETTINGS_FILE, {"settings": settings, "versions": _versions()})
@@ -172,16 +148,13 @@ def batch(
                     bar.update(1)
         todo = [item for item in todo if item[2] is not None]
         if ray not in (None, False) and todo:
-            from .evaluation.distributed import VolumeWorker, run_cases
+            from .evaluation.distributed import VolumeWorker, engine_wants_gpu, run_cases
 
             by_image = {str(image): out for image, out, _ in todo}
             t_start = {str(image): time.perf_counter() for image, _, _ in todo}
 
-            def finished(item: Any, status: dict[str, Any], files: dict[str, bytes], worker: str) -> None:
+            def finished(item: Any, status: dict[str, Any], worker: str) -> None:
                 image = item[0]
-                for rel, data in files.items():  # the worker's outputs, written by the driver (atomically)
-                    with atomic_output(out_dir / rel) as tmp:
-                        tmp.write_bytes(data)
                 if status.get("ok"):
                     report["done"].append(str(by_image[image]))
                     report["seconds"][image] = round(time.perf_counter() - t_start[image], 3)
@@ -191,26 +164,27 @@ def batch(
                     bar.update(1)
 
             items = [(str(image), str(pfile), out.name, f"{_stem(image)}.png" if png else None) for image, out, pfile in todo]
-            report["executor"] = run_cases(None if ray is True else str(ray), items, (cfg, engine), seg_kwargs, finished,
+            report["executor"] = run_cases(None if ray is True else str(ray), items, (cfg, engine), seg_kwargs, out_dir, finished,
                                            worker=VolumeWorker, task_id=lambda item: item[0], workers=ray_workers,
-                                           wants_gpu=engine == "sam2" and str(cfg.device).startswith(("auto", "cuda")),
+                                           wants_gpu=engine_wants_gpu(engine, cfg),
                                            on_dead=lambda item, message: {"ok": False, "error": message})
-            todo = []
-        for n, (image, out, pfile) in enumerate(todo):
-            if on_item is not None:
-                on_item(n, len(todo), str(image))
-            t = time.perf_counter()
-            try:
-                segment(image, pfile, out, config=cfg, png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor,
-                        engine=engine, server=server, token=token, **seg_kwargs)
-                report["done"].append(str(out))
-                report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
-            except Sam2VolumeError as exc:
-                report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
-            except OSError as exc:  # a full disk, a folder made read-only meanwhile: this input fails, the batch goes on
-                report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or out})"})
-            if bar is not None:
-                bar.update(1)
+        else:
+            for n, (image, out, pfile) in enumerate(todo):
+                if on_item is not None:
+                    on_item(n, len(todo), str(image))
+                t = time.perf_counter()
+                try:
+                    segment(image, pfile, out, config=cfg, png=out_dir / f"{_stem(image)}.png" if png else None, predictor=predictor,
+                            engine=engine, server=server, token=token, **seg_kwargs)
+                    report["done"].append(str(out))
+                    report["seconds"][str(image)] = round(time.perf_counter() - t, 3)
+                except Sam2VolumeError as exc:
+                    report["errors"].append({"input": str(image), "error": f"{type(exc).__name__}: {exc}"})
+                except OSError as exc:  # a full disk, a folder made read-only meanwhile: this input fails, the batch goes on
+                    report["errors"].append({"input": str(image),
+                                             "error": f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or out})"})
+                if bar is not None:
+                    bar.update(1)
         if bar is not None:
             bar.close()
         write_json_atomic(out_dir / "batch_report.json", report)

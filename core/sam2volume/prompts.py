@@ -211,16 +211,20 @@ def load_prompts(path: str | Path) -> PromptSet:
 MAX_MASK_LABELS = 1000
 
 
-def _mask_prompt(session: Any, prompts: PromptSet, obj: ObjectPrompts, mk: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """Read one mask prompt's labelmap and check that it is one and that the slice holds the object."""
+def _mask_prompt(session: Any, prompts: PromptSet, obj: ObjectPrompts, mk: dict[str, Any],
+                 labelmaps: dict[Any, tuple[Any, np.ndarray]]) -> tuple[np.ndarray, int]:
+    """Read one mask prompt's labelmap (once per file: ``labelmaps`` caches them with their values) and
+    check that it is one and that the slice holds the object."""
     from .io import read_labelmap
 
     where = f"{prompts.source}: object {obj.name!r}, mask {mk['file']}"
     s = mk["slice"]
     if not 0 <= s < session.num_slices:
         raise InputError(f"{where}: slice {s} does not exist: the {session.axis.axis} axis has slices 0..{session.num_slices - 1}")
-    lab = read_labelmap(mk["file"], reference=session.volume)
-    values = np.unique(lab.array)
+    if mk["file"] not in labelmaps:
+        lab = read_labelmap(mk["file"], reference=session.volume)
+        labelmaps[mk["file"]] = (lab, np.unique(lab.array))
+    lab, values = labelmaps[mk["file"]]
     if values.size > MAX_MASK_LABELS or (values.size and values.min() < 0):
         raise InputError(
             f"{where}: not a labelmap ({values.size} distinct values, from {values.min()} to {values.max()}); "
@@ -245,6 +249,7 @@ def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
     Returns the plan that :func:`apply_prompts` sends to the session.
     """
     planned: list[tuple[str, Any]] = []
+    labelmaps: dict[Any, tuple[Any, np.ndarray]] = {}  # each mask file read once
     for obj in prompts.objects:
         by_slice: dict[int, list[tuple[list[float], bool]]] = {}
         for pos, positive in obj.points:
@@ -258,7 +263,7 @@ def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
                 raise InputError(f"{prompts.source}: object {obj.name!r} has only negative points on slice {s}; add a positive point or a box")
             planned.append(("points", (obj, s, pts)))
         for mk in obj.masks:
-            mask, s = _mask_prompt(session, prompts, obj, mk)
+            mask, s = _mask_prompt(session, prompts, obj, mk, labelmaps)
             planned.append(("mask", (obj, mask, s)))
     return planned
 

@@ -90,12 +90,18 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def engine_wants_gpu(engine: str, config: Any) -> bool:
+    """SAM2 on an automatic or CUDA device uses a GPU where the cluster has one; the baseline never does."""
+    return engine == "sam2" and str(config.device).startswith(("auto", "cuda"))
+
+
 def run_cases(
     address: str | None,
     cases: list[Any],
     factory_args: tuple,
     case_kwargs: dict[str, Any],
-    on_done: Callable[[Any, dict[str, Any], dict[str, bytes], str], None],
+    folder: Path,
+    on_done: Callable[[Any, dict[str, Any], str], None],
     *,
     worker: type = CaseWorker,
     task_id: Callable[[Any], str] = lambda case: case.case_id,
@@ -105,8 +111,11 @@ def run_cases(
     gpus_per_worker: float | None = None,
     wants_gpu: bool = False,
 ) -> dict[str, Any]:
-    """Run ``cases`` on Ray actors; ``on_done(case, record, files, worker)`` is called in the driver as each
-    finishes. Returns what the run did: workers, cases per worker, retries, seconds to the first case."""
+    """Run ``cases`` on Ray actors. As each finishes, the driver writes the files its worker made into
+    ``folder`` (atomically) and calls ``on_done(case, record, worker)``. Returns what the run did: workers,
+    cases per worker, retries, seconds to the first case."""
+    from ..io.atomic import atomic_output
+
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
@@ -153,7 +162,10 @@ def run_cases(
             if first is None:
                 first = round(time.monotonic() - t0, 3)
             per_worker[name] += 1
-            on_done(case, record, files, name)
+            for rel, data in files.items():
+                with atomic_output(folder / rel) as tmp:
+                    tmp.write_bytes(data)
+            on_done(case, record, name)
         return {"executor": "ray", "address": address or "local", "workers": workers, "cases_per_worker": dict(per_worker),
                 "retried_cases": retried, "seconds_to_first_case": first, "seconds": round(time.monotonic() - t0, 3)}
     finally:

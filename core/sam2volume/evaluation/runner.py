@@ -21,7 +21,6 @@ run (the baseline row), unless it is the engine under test.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, Sam2VolumeError, check_count
-from ..io.atomic import NULL_NOTE, atomic_output, remove_partials, write_json_atomic
-from ..locks import FileLock
+from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
+from ..run_folder import LOCK_NAME, check_settings, folder_lock, take_part
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .datasets import Case, Dataset, read_dataset
 from .drift import slice_rows
@@ -39,7 +38,6 @@ from .tables import write_tables
 from .vocabulary import NSD_TOLERANCES_MM
 
 ENGINES = ("sam2", "baseline")
-LOCK_NAME = ".sam2volume.lock"  # one writer per run folder
 
 
 def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str, dict[str, float], float]:
@@ -55,10 +53,6 @@ def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str,
     if key not in NSD_TOLERANCES_MM:
         raise InputError(f"unknown NSD tolerance table {spec!r}; use auto, default, a number of mm, or one of {', '.join(NSD_TOLERANCES_MM)}")
     return key, dict(NSD_TOLERANCES_MM[key]), DEFAULT_TOLERANCE_MM
-
-
-def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 class _Engines:
@@ -128,10 +122,7 @@ def evaluate(
     from ..slicing import parse_axis
 
     check_count(limit, "limit", allow_none=True)
-    check_count(num_parts, "num_parts")
-    check_count(part_id, "part_id", minimum=0)
-    if part_id >= num_parts:
-        raise InputError(f"part_id {part_id} must be below num_parts {num_parts} (parts are numbered 0..{num_parts - 1})")
+    take_part([], num_parts, part_id)  # checks the shard numbers before any work
     check_count(seed, "seed", minimum=0)
     check_count(stop_after, "stop_after", allow_none=True)
     proto = parse_protocol(protocol)
@@ -150,7 +141,7 @@ def evaluate(
     cfg = config if config is not None else EngineConfig()
     engines = [engine] + (["baseline"] if baseline and engine != "baseline" else [])
     all_cases = ds.cases[:limit] if limit else list(ds.cases)
-    cases = all_cases[part_id::num_parts]  # shards as nnU-Net's: every num_parts-th case, merged in one folder
+    cases = take_part(all_cases, num_parts, part_id)  # shards merge in one folder
 
     run_dir = Path(run_dir)
     settings = {
@@ -170,15 +161,7 @@ def evaluate(
     }
     settings_file = run_dir / "run.json"
     if settings_file.is_file():
-        try:
-            old = json.loads(settings_file.read_text(encoding="utf-8"))
-            if not isinstance(old, dict) or not isinstance(old.get("settings", {}), dict):
-                raise ValueError("not a settings object")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{settings_file} is corrupt ({exc}); restore it, or start the run in a new -o folder") from None
-        diff = _settings_diff(old.get("settings", {}), settings)
-        if diff:
-            raise InputError(f"{run_dir} holds a run with other settings ({'; '.join(diff)}); resume with the same settings or use a new -o folder")
+        check_settings(settings_file, settings, "run")
     elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise InputError(f"{run_dir} is not empty and holds no run of ours (no run.json); give a new or empty -o folder")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,9 +169,7 @@ def evaluate(
         from ..client import RemoteEngine
 
         predictor = RemoteEngine(server, token)
-    # one writer at a time: a shard waits for the one writing (a plain run refuses at once)
-    wait = 7 * 24 * 3600.0 if num_parts > 1 else 0.0
-    with FileLock(run_dir / LOCK_NAME, f"run folder {run_dir}", wait=wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
+    with folder_lock(run_dir, f"run folder {run_dir}", shard=num_parts > 1):
         try:
             ray_opts = None if ray in (None, False) else {"address": None if ray is True else str(ray), "workers": ray_workers,
                                                           "gpus_per_worker": ray_gpus_per_worker}
@@ -236,29 +217,24 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
     t_run = time.perf_counter()
     case_kwargs = dict(ds=ds, objects=objects, proto=proto, engines=engines, seed=seed, stop_after=stop_after, tol_table=tol_table,
                        tol_default=tol_default, overlays=overlays, save_predictions=save_predictions)
-    done_count = [0]
 
-    def finished(case: Case, record: dict[str, Any], files: dict[str, bytes] | None = None, worker: str | None = None) -> None:
-        for rel, data in (files or {}).items():  # a Ray worker's overlays and predictions, written by the driver
-            with atomic_output(run_dir / rel) as tmp:
-                tmp.write_bytes(data)
+    def finished(case: Case, record: dict[str, Any], worker: str | None = None) -> None:
         if worker is not None:
             record["worker"] = worker
         write_json_atomic(_case_file(run_dir, case.case_id), {**record, "null_values": NULL_NOTE})
-        done_count[0] += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(case.case_id)
 
     executor: dict[str, Any] = {"executor": "local"}
     if ray_opts is not None and todo:
-        from .distributed import run_cases
+        from .distributed import engine_wants_gpu, run_cases
 
         if engine == "sam2" and predictor is not None:
             raise InputError("--ray builds the model on each worker; it cannot be combined with a prebuilt predictor or --server")
-        wants_gpu = engine == "sam2" and str(cfg.device).startswith(("auto", "cuda"))
-        executor = run_cases(ray_opts["address"], todo, ((cfg, axis, window, None),), case_kwargs, finished,
-                             workers=ray_opts["workers"], gpus_per_worker=ray_opts["gpus_per_worker"], wants_gpu=wants_gpu)
+        executor = run_cases(ray_opts["address"], todo, ((cfg, axis, window, None),), case_kwargs, run_dir, finished,
+                             workers=ray_opts["workers"], gpus_per_worker=ray_opts["gpus_per_worker"],
+                             wants_gpu=engine_wants_gpu(engine, cfg))
     else:
         for n, case in enumerate(todo):
             if on_case is not None:
@@ -378,14 +354,15 @@ def _run_case(
         slice_mm = float(vol.spacing[session.voxel_axis])
         for organ, label in label_of.items():
             pred = result.array == label
-            prompted = key_slices(ref_frames[organ], proto) + [c["slice"] for c in corrections[organ]]
+            keys = key_slices(ref_frames[organ], proto)
+            prompted = keys + [c["slice"] for c in corrections[organ]]
             record["slices"].extend(slice_rows(case.case_id, eng, organ, session.frames_of(pred), ref_frames[organ], prompted, slice_mm))
             tol = tol_table.get(organ, tol_default)
             sc = score(pred, refs[organ], vol.spacing, tolerance_mm=tol)
             record["rows"].append({
                 "case": case.case_id, "engine": eng, "object": organ, **sc.as_dict(),
                 "ref_voxels": int(refs[organ].sum()), "pred_voxels": int(pred.sum()),
-                "key_slices": ";".join(str(s) for s in key_slices(ref_frames[organ], proto)),
+                "key_slices": ";".join(str(s) for s in keys),
                 "corrections": len(corrections[organ]),
             })
         if save_predictions:
