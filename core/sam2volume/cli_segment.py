@@ -40,6 +40,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-state", action="store_true", help="keep SAM2's memory on the CPU")
     p.add_argument("--feature-cache-mb", type=NONNEGATIVE_FLOAT, default=2048.0,
                    help="memory budget for cached slice features, MB (corrections re-propagate without re-encoding)")
+    p.add_argument("--encode-batch", type=NONNEGATIVE_INT, default=0,
+                   help="slices per image-encoder pass while propagating (default 0: the device's measured best)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model as upstream's vos_optimized does (first slices take minutes; README 'Speed')")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (pipeline checks only)")
     add_server_options(p)
 
@@ -60,8 +64,11 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def engine_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
+    from .errors import InputError
     from .models.registry import DEFAULT_MODEL
 
+    if args.compile and getattr(args, "server", None):
+        raise InputError("--compile is set where the model runs: start the server with `sam2volume serve --compile`")
     return EngineConfig(
         model=args.model or DEFAULT_MODEL,
         checkpoint=args.checkpoint,
@@ -72,6 +79,8 @@ def engine_config(args: argparse.Namespace) -> Any:
         offload_state_to_cpu=args.offload_state,
         feature_cache_mb=args.feature_cache_mb,
         random_weights=args.random_weights,
+        encode_batch=args.encode_batch,
+        compile=args.compile,
     )
 
 

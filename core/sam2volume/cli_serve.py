@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="config_file", help="SAM2 config for --checkpoint")
     p.add_argument("--custom-image-size", type=int, default=1024, help="input size of --checkpoint's model (MedSAM2: 512)")
     p.add_argument("--preload", action="store_true", help="build the default model before listening")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the models as upstream's vos_optimized does (first calls take minutes; README 'Speed')")
     p.add_argument("--allow-random-weights", action="store_true", help="serve random-weight models (tests and benchmarks only)")
     p.add_argument("--max-sessions", type=int, default=16)
     p.add_argument("--max-upload-mb", type=float, default=1024.0, help="compressed size of one volume upload")
@@ -42,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         token=token, device=args.device, models=args.model, checkpoint=args.checkpoint, config_file=args.config_file,
         custom_image_size=args.custom_image_size,
-        allow_random_weights=args.allow_random_weights, preload=args.preload, max_sessions=args.max_sessions,
+        allow_random_weights=args.allow_random_weights, preload=args.preload, compile=args.compile, max_sessions=args.max_sessions,
         max_upload_bytes=int(args.max_upload_mb * mb), max_voxels=args.max_voxels, max_stored_bytes=int(args.max_stored_mb * mb),
         max_body_bytes=int(args.max_body_mb * mb), idle_timeout_s=args.idle_timeout, volume_ttl_s=args.volume_ttl,
         reaper_interval_s=args.reaper_interval,

@@ -41,7 +41,8 @@ from .windowing import Window
 __all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server", "read_token"]
 
 #: EngineConfig fields a remote session sends (the server picks the device; paths never travel)
-_CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed")
+_CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed",
+                  "encode_batch", "encode_ahead")
 _ERROR_TYPES = {name: getattr(errors, name) for name in (
     "Sam2VolumeError", "InputError", "GeometryMismatchError", "UnevenSpacingError", "ModelError", "WeightsNotAvailableError", "CancelledError")}
 

@@ -8,6 +8,7 @@ then take the labelmap, which has the input's geometry. SAM2's ``inference_state
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -21,12 +22,62 @@ from .windowing import Window
 
 __all__ = ["Session", "SessionObject", "PropagationReport", "DIRECTIONS"]
 
+log = logging.getLogger("sam2volume")
+
 
 @dataclass
 class _SlicePrompt:
     points: list[tuple[float, float]] = field(default_factory=list)  # (x=col, y=row) frame pixels
     point_labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
+
+
+def nearest_slices(around: int, count: int, num_slices: int) -> list[int]:
+    """The ``count`` slices nearest ``around`` (itself excluded), alternating after then before."""
+    out: list[int] = []
+    d = 1
+    while len(out) < count and (around + d < num_slices or around - d >= 0):
+        for idx in (around + d, around - d):
+            if 0 <= idx < num_slices and len(out) < count:
+                out.append(idx)
+        d += 1
+    return out
+
+
+class _EncodeAhead:
+    """Encodes slices around a prompted one on a thread, one slice per model call, while the user
+    goes on prompting. It yields to foreground calls, never evicts a cached slice, and stops when
+    told to (a propagation, a reset, another prompt) or when the cache is full."""
+
+    def __init__(self, session: "Session", around: int, count: int):
+        self.session = session
+        self.todo = nearest_slices(around, count, session.num_slices)
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.encoded = 0
+        self.thread = threading.Thread(target=self._run, name="sam2volume-encode-ahead", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        session = self.session
+        cache = session.feature_cache
+        try:
+            for idx in self.todo:
+                if self.stop.is_set() or not cache.has_room():
+                    break
+                while idx not in cache and not self.stop.is_set():
+                    with session.model_lock or contextlib.nullcontext():
+                        with session._background_call() as got:
+                            if got and not self.stop.is_set():
+                                if idx not in cache:
+                                    session.predictor.encode_slices(session._state, [idx])
+                                    self.encoded += 1
+                                break
+                    self.stop.wait(0.005)  # a foreground call goes first
+        except Exception as exc:  # the foreground encodes on demand instead; nothing is lost
+            log.warning("encoding slices ahead stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            self.done.set()
 
 
 class Session(SessionBase):
@@ -36,6 +87,8 @@ class Session(SessionBase):
     :func:`sam2volume.engine.predictor.build_predictor`); otherwise it is built from ``config``.
     Slice numbers run along the axis in anatomical order (see :mod:`sam2volume.slicing`);
     :meth:`slice_of` converts a voxel of the input volume to its slice number.
+    ``model_lock``, if given, is taken around background encoding (``encode_ahead``), so a server
+    that shares one predictor between sessions keeps its model calls one at a time.
     """
 
     def __init__(
@@ -49,6 +102,7 @@ class Session(SessionBase):
         window_width: float | None = None,
         window_level: float | None = None,
         progress: bool = False,
+        model_lock: Any = None,
     ):
         from .engine.config import EngineConfig
 
@@ -57,7 +111,7 @@ class Session(SessionBase):
         import torch
 
         from .engine.frames import SliceFrames
-        from .engine.predictor import FeatureCache, resolve_device, resolve_dtype
+        from .engine.predictor import FeatureCache, resolve_device, resolve_dtype, resolve_encode_batch
 
         self._torch = torch
         self._predictor = predictor  # built on first use, so prompts are checked before heavy work
@@ -68,6 +122,12 @@ class Session(SessionBase):
             self.device = resolve_device(self.config.device)
             image_size = self.config.resolved_image_size
         self.dtype = resolve_dtype(self.config.dtype, self.device)
+        compiled = int(getattr(predictor, "compiled_batch", 0) or 0)
+        self.encode_batch = compiled or resolve_encode_batch(self.config.encode_batch, self.device)
+        self.model_lock = model_lock  # shared with other sessions on this device (the server's)
+        self._ahead: _EncodeAhead | None = None
+        self._waiting = 0  # foreground model calls waiting for the lock (background encoding yields)
+        self._waiting_guard = threading.Lock()
         self.frames = SliceFrames(self._canon.array, self.axis, self.window, image_size)
         self.feature_cache = FeatureCache(self.config.feature_cache_mb * 2**20)
         self._state = self._new_state()
@@ -124,20 +184,83 @@ class Session(SessionBase):
     def _model_call(self, what: str) -> Iterator[None]:
         from .engine.predictor import autocast
 
-        with self._lock, self._torch.inference_mode(), autocast(self.device, self.dtype):
-            try:
+        with self._waiting_guard:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_guard:
+                self._waiting -= 1
+        try:
+            with self._torch.inference_mode(), autocast(self.device, self.dtype):
                 yield
-            except self._torch.OutOfMemoryError:
-                self._free_memory()
-                raise Sam2VolumeError(
-                    f"out of memory while {what}; the session is still usable: lower image_size, "
-                    "set offload_state_to_cpu=True, lower feature_cache_mb, or use a smaller model"
-                ) from None
+        except self._torch.OutOfMemoryError:
+            self._free_memory()
+            raise Sam2VolumeError(
+                f"out of memory while {what}; the session is still usable: lower image_size, "
+                "set offload_state_to_cpu=True, lower feature_cache_mb, or use a smaller model"
+            ) from None
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _background_call(self) -> Iterator[bool]:
+        """The lock for one background model call, taken only when no foreground call waits for it
+        (yields False, without the lock, when one does)."""
+        from .engine.predictor import autocast
+
+        if self._waiting or not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            with self._torch.inference_mode(), autocast(self.device, self.dtype):
+                yield True
+        finally:
+            self._lock.release()
 
     def _free_memory(self) -> None:
         self.feature_cache.clear()
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+    # ------------------------------------------------------- encoding ahead
+    def _encode_ahead_of(self, s: int) -> None:
+        """After a prompt on slice ``s``: encode the slices around it in the background (if asked)."""
+        count = int(self.config.encode_ahead)
+        if count <= 0:
+            return
+        self.stop_background()
+        self._ahead = _EncodeAhead(self, s, count)
+
+    def stop_background(self) -> None:
+        """Stop encoding slices ahead (the slice being encoded is finished and kept)."""
+        if self._ahead is not None:
+            self._ahead.stop.set()
+
+    def wait_for_background(self, timeout: float | None = None) -> bool:
+        """Wait until background encoding has finished; True if it has (or none runs)."""
+        return self._ahead is None or self._ahead.done.wait(timeout)
+
+    @property
+    def slices_encoded_ahead(self) -> int:
+        """Slices the latest background encoding has encoded so far."""
+        return 0 if self._ahead is None else self._ahead.encoded
+
+    def _encode_batch_from(self, order: list[int], pos: int, needs: Callable[[int], bool]) -> None:
+        """Before tracking ``order[pos]``: if it is not encoded yet, encode it and the next slices of
+        the pass that need the encoder in one batched forward pass (``encode_batch``, within the
+        feature-cache budget)."""
+        cache = self.feature_cache
+        batch = min(self.encode_batch, cache.slices_that_fit())
+        if batch <= 1 or order[pos] in cache or not needs(order[pos]):
+            return
+        todo = []
+        for idx in order[pos:]:
+            if len(todo) == batch:
+                break
+            if idx not in cache and needs(idx):
+                todo.append(idx)
+        self.predictor.encode_slices(self._state, todo)
 
     # --------------------------------------------------------------- objects
     def remove_object(self, label: int) -> None:
@@ -153,6 +276,7 @@ class Session(SessionBase):
 
     def reset(self) -> None:
         """Forget every object, prompt and result (cached slice features are kept)."""
+        self.stop_background()
         with self._lock:
             self.predictor.reset_state(self._state)
             self._state = self._new_state()
@@ -184,6 +308,7 @@ class Session(SessionBase):
         new_labels = prompt.point_labels + pl
         mask = self._send_prompt(label, s, new_points, new_labels, prompt.box)
         prompt.points, prompt.point_labels = new_points, new_labels
+        self._encode_ahead_of(s)
         return mask
 
     def add_box(
@@ -207,6 +332,7 @@ class Session(SessionBase):
         new_box = (x0, y0, x1, y1)
         mask = self._send_prompt(label, s, prompt.points, prompt.point_labels, new_box)
         prompt.box = new_box
+        self._encode_ahead_of(s)
         return mask
 
     def add_mask(self, label: int, mask: Any, slice_index: int, *, name: str | None = None) -> np.ndarray:
@@ -219,6 +345,7 @@ class Session(SessionBase):
                 self._state, frame_idx=s, obj_id=label, mask=self._torch.as_tensor(m)
             )
             self._record_interaction(label, s)
+        self._encode_ahead_of(s)
         return (masks[obj_ids.index(label), 0] > 0).cpu().numpy()
 
     def _send_prompt(self, label: int, s: int, points: list, point_labels: list, box: tuple | None) -> np.ndarray:
@@ -295,6 +422,7 @@ class Session(SessionBase):
           (the engine server streams those masks; :meth:`frame_mask` reads them).
         """
         labels, lo, hi, should_stop = self._plan(direction, objects, slice_range, stop_after, cancel)
+        self.stop_background()
 
         with self._model_call("preparing propagation"):
             try:
@@ -307,6 +435,7 @@ class Session(SessionBase):
         for label in labels:
             if not cond[label]:
                 raise InputError(f"object {label} has no prompt yet; add a point, box or mask first")
+        cond_sets = {label: set(c) for label, c in cond.items()}
         if start is None:
             start = min(c[0] for c in cond.values())
         start = min(max(self._check_slice(start), lo), hi)
@@ -329,7 +458,11 @@ class Session(SessionBase):
                 name = "backward" if reverse else "forward"
                 absent = {label: 0 for label in labels}
                 active = set(labels)
-                for frame_idx in order:
+
+                def needs_encoder(idx: int) -> bool:
+                    return any(idx not in cond_sets[label] for label in active)
+
+                for pos, frame_idx in enumerate(order):
                     if should_stop is not None and should_stop():
                         report.cancelled = True
                         raise CancelledError(f"propagation cancelled at slice {frame_idx}; results so far are kept")
@@ -337,6 +470,7 @@ class Session(SessionBase):
                         break
                     ran = sorted(active)
                     with self._model_call(f"propagating (slice {frame_idx})"):
+                        self._encode_batch_from(order, pos, needs_encoder)
                         for label in sorted(active):
                             present = self._track_one(label, idx_of[label], frame_idx, reverse)
                             is_cond = frame_idx in cond[label]

@@ -11,6 +11,7 @@ from ..models.registry import DEFAULT_MODEL, ModelSpec, custom_model, get_model
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SLICES = 4096  # upper bound for encode_batch / encode_ahead (the feature-cache budget bounds them too)
 
 
 @dataclass
@@ -20,11 +21,21 @@ class EngineConfig:
     * ``model``: a registry name (``sam2volume models``), or ``checkpoint`` + ``config_file`` for a
       custom model.
     * ``image_size``: model input size; defaults to the model's own (1024 for SAM2, 512 for MedSAM2).
-    * ``device``: ``auto`` picks CUDA, then Apple MPS, then CPU. ``dtype``: ``auto`` is bfloat16
-      autocast on CUDA and float32 elsewhere; ``bfloat16`` on CPU is about 1.7x faster.
+    * ``device``: ``auto`` picks CUDA, then Apple MPS, then CPU.
+    * ``dtype``: ``auto`` follows the dtype policy of :func:`sam2volume.engine.predictor.resolve_dtype`
+      (bfloat16 autocast where the hardware computes bf16 natively: CUDA compute capability 8.0 and
+      newer, CPUs with AVX512-BF16 or AMX; float16 on older CUDA GPUs; float32 otherwise).
     * ``offload_state_to_cpu``: keep SAM2's memory bank on the CPU (saves GPU memory).
     * ``feature_cache_mb``: budget for cached image-encoder features, so corrections re-propagate
       without re-encoding. ``random_weights``: build without a checkpoint (tests, benchmarks).
+    * ``encode_batch``: slices the image encoder takes in one forward pass during propagation (the
+      next ones in the propagation's direction, within ``feature_cache_mb``); 0 picks the device's
+      measured default (:func:`sam2volume.engine.predictor.resolve_encode_batch`).
+    * ``encode_ahead``: after each prompt, encode up to this many slices around the prompted one in
+      the background while the user goes on prompting (within ``feature_cache_mb``, never evicting);
+      0 (default) turns it off. Interactive front-ends (the Slicer module) turn it on.
+    * ``compile``: ``torch.compile`` the image encoder, memory attention, memory encoder and SAM heads
+      as upstream's ``vos_optimized`` does (slow first calls; see the README for its warm-up cost).
     """
 
     model: str = DEFAULT_MODEL
@@ -37,6 +48,9 @@ class EngineConfig:
     feature_cache_mb: float = 2048.0
     random_weights: bool = False
     seed: int = 0
+    encode_batch: int = 0
+    encode_ahead: int = 0
+    compile: bool = False
     extra_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -48,6 +62,13 @@ class EngineConfig:
             raise InputError(f"image_size {self.image_size} must be a multiple of 32 and at least 64")
         if not isinstance(self.feature_cache_mb, (int, float)) or not math.isfinite(self.feature_cache_mb) or self.feature_cache_mb < 0:
             raise InputError(f"feature_cache_mb must be a finite number >= 0, got {self.feature_cache_mb}")
+
+        for name in ("encode_batch", "encode_ahead"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SLICES:
+                raise InputError(f"{name} must be a whole number from 0 to {MAX_SLICES}, got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise InputError(f"compile must be true or false, got {self.compile!r}")
 
     def spec(self) -> ModelSpec:
         if self.config_file is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 
 from ..errors import ModelError
 from ..models.weights import WeightsManager
@@ -32,6 +32,7 @@ class FeatureCache:
         self.entries: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
         self.pos_enc: list[torch.Tensor] | None = None
         self.nbytes = 0
+        self.slice_bytes = 0  # bytes of one slice's features (the last one stored)
         self.hits = 0
         self.misses = 0
 
@@ -48,8 +49,20 @@ class FeatureCache:
         self.entries.move_to_end(idx)
         return entry
 
+    def __contains__(self, idx: int) -> bool:  # a look that counts neither hit nor miss
+        return idx in self.entries
+
+    def slices_that_fit(self) -> int:
+        """How many slices' features fit in the budget (at least 1; known after the first slice)."""
+        return max(1, int(self.budget // self.slice_bytes)) if self.slice_bytes else 1
+
+    def has_room(self) -> bool:
+        """True if one more slice fits without evicting one."""
+        return self.slice_bytes > 0 and self.nbytes + self.slice_bytes <= self.budget
+
     def put(self, idx: int, fpn: list[torch.Tensor]) -> None:
         size = self._size(fpn)
+        self.slice_bytes = size
         if idx in self.entries:
             self.nbytes -= self._size(self.entries.pop(idx))
         self.entries[idx] = fpn
@@ -66,7 +79,9 @@ class FeatureCache:
 class CachedVideoPredictor(SAM2VideoPredictor):
     """Upstream's video predictor with a budgeted feature cache and an encoder-call counter."""
 
-    encoder_calls: int = 0
+    encoder_calls: int = 0  # slices encoded
+    encoder_forwards: int = 0  # forward passes of the image encoder (one per batch)
+    compiled_batch: int = 0  # the propagation batch size a compiled model pads to (0: not compiled)
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         cache: FeatureCache | None = inference_state.get("feature_cache")
@@ -74,14 +89,8 @@ class CachedVideoPredictor(SAM2VideoPredictor):
             return super()._get_image_feature(inference_state, frame_idx, batch_size)
         fpn = cache.get(frame_idx)
         if fpn is None:
-            device = inference_state["device"]
-            image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
-            backbone_out = self.forward_image(image)
-            self.encoder_calls += 1
-            fpn = list(backbone_out["backbone_fpn"])
-            cache.put(frame_idx, fpn)
-            if cache.pos_enc is None or [p.shape for p in cache.pos_enc] != [p.shape for p in backbone_out["vision_pos_enc"]]:
-                cache.pos_enc = list(backbone_out["vision_pos_enc"])
+            self.encode_slices(inference_state, [frame_idx])
+            fpn = cache.get(frame_idx)
         expanded = {
             "backbone_fpn": [f.expand(batch_size, -1, -1, -1) for f in fpn],
             "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in cache.pos_enc],
@@ -89,6 +98,33 @@ class CachedVideoPredictor(SAM2VideoPredictor):
         features = self._prepare_backbone_features(expanded)
         # the image tensor itself is never read by the callers (they unpack it as `_`)
         return (torch.empty(batch_size, 3, 0, 0),) + features
+
+    def encode_slices(self, inference_state, frame_indices: list[int]) -> None:
+        """Run the image encoder on these slices in one batched forward pass and cache their features.
+
+        The encoder does not depend on SAM2's memory, so slices can be encoded before they are tracked.
+        A compiled model is always given the same batch size (a short batch is padded with its last
+        slice), so it compiles once per batch size.
+        """
+        cache: FeatureCache = inference_state["feature_cache"]
+        if not frame_indices:
+            return
+        device = inference_state["device"]
+        images = inference_state["images"]
+        batch = [images[i] for i in frame_indices]
+        pad = max(0, self.compiled_batch - len(batch)) if self.compiled_batch and len(batch) > 1 else 0
+        batch += [batch[-1]] * pad
+        image = torch.stack(batch).to(device).float()
+        backbone_out = self.forward_image(image)
+        self.encoder_calls += len(frame_indices)
+        self.encoder_forwards += 1
+        levels = list(backbone_out["backbone_fpn"])
+        for n, idx in enumerate(frame_indices):
+            # a copy per slice, so one cached slice does not keep the whole batch's storage alive
+            cache.put(idx, [lvl[n : n + 1].clone() if len(batch) > 1 else lvl for lvl in levels])
+        pos = [p[:1] for p in backbone_out["vision_pos_enc"]]
+        if cache.pos_enc is None or [p.shape for p in cache.pos_enc] != [p.shape for p in pos]:
+            cache.pos_enc = [p.clone() for p in pos]
 
     # Upstream stores memory features as bfloat16 and so only runs under bf16 autocast. Without
     # autocast (float32 on CPU), hand them back as float32: the same values, in a dtype the
@@ -105,6 +141,27 @@ class CachedVideoPredictor(SAM2VideoPredictor):
         if not _autocast_on(inference_state["device"]):
             feats = feats.float()
         return feats, pos
+
+
+class CompiledVideoPredictor(CachedVideoPredictor, SAM2VideoPredictorVOS):
+    """Ours with upstream's ``vos_optimized`` changes: the same forward passes (cloned outputs for
+    ``torch.compile``) and its parts compiled, with the same compile settings as upstream
+    (``SAM2VideoPredictorVOS``), plus the image encoder (upstream's ``compile_image_encoder``).
+    Compiling waits for :meth:`compile_parts`, after the model is on its device, and prints nothing."""
+
+    def _compile_all_components(self):  # upstream compiles (and prints) while building
+        pass
+
+    def compile_parts(self, device: torch.device, encode_batch: int) -> None:
+        # upstream's "max-autotune" tunes GPU kernels; on a CPU it only adds minutes of tuning
+        mode = "max-autotune" if device.type == "cuda" else None
+        self.compiled_batch = int(encode_batch)
+        self.image_encoder.forward = torch.compile(self.image_encoder.forward, mode=mode, fullgraph=True, dynamic=False)
+        self.memory_encoder.forward = torch.compile(self.memory_encoder.forward, mode=mode, fullgraph=True, dynamic=False)
+        # the number of memories varies from slice to slice
+        self.memory_attention.forward = torch.compile(self.memory_attention.forward, mode=mode, fullgraph=True, dynamic=True)
+        self.sam_prompt_encoder.forward = torch.compile(self.sam_prompt_encoder.forward, mode=mode, fullgraph=True, dynamic=False)
+        self.sam_mask_decoder.forward = torch.compile(self.sam_mask_decoder.forward, mode=mode, fullgraph=True, dynamic=False)
 
 
 def _autocast_on(device: torch.device) -> bool:
@@ -129,10 +186,43 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as oneDNN uses it."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # a torch without these probes: stay on float32
+        return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype. ``auto`` is the dtype policy (measured; README "Speed"):
+
+    * CUDA, compute capability 8.0 and newer (Ampere, Hopper, ...): bfloat16, as upstream SAM2 runs;
+    * older CUDA GPUs (no bf16 units): float16;
+    * CPU with AVX512-BF16 or AMX: bfloat16 (the image encoder is about 2x faster than float32);
+    * other CPUs and Apple MPS: float32.
+
+    Results stay within the tolerance that ``tests/test_dtype_policy.py`` states of float32's.
+    """
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            major, _ = torch.cuda.get_device_capability(device)
+            return torch.bfloat16 if major >= 8 else torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+#: slices per image-encoder forward pass during propagation when ``encode_batch`` is 0, by device
+#: type, from ``benchmarks/bench_speed.py --encode-batches``: on CPU a batch is slower per slice
+#: than single slices (512 px, bf16: 0.18 s a slice alone, 0.20 in fours), so 1. CUDA: not yet
+#: measured (no GPU lent), so 1 as well, until the benchmark says otherwise.
+ENCODE_BATCH_DEFAULT = {"cpu": 1, "cuda": 1, "mps": 1}
+
+
+def resolve_encode_batch(value: int, device: torch.device) -> int:
+    return int(value) if value else ENCODE_BATCH_DEFAULT.get(device.type, 1)
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
@@ -153,8 +243,9 @@ def model_overrides(config: EngineConfig, device: torch.device) -> dict[str, Any
     """Config overrides: upstream's video post-processing, our predictor class, the image size."""
     image_size = config.resolved_image_size
     feat = image_size // 16
+    cls = CompiledVideoPredictor if config.compile else CachedVideoPredictor
     out: dict[str, Any] = {
-        "model._target_": f"{CachedVideoPredictor.__module__}.{CachedVideoPredictor.__name__}",
+        "model._target_": f"{cls.__module__}.{cls.__name__}",
         # as upstream's build_sam2_video_predictor(apply_postprocessing=True)
         "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
         "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
@@ -266,7 +357,10 @@ def build_predictor(config: EngineConfig, progress: bool = False) -> CachedVideo
         model = instantiate(cfg.model, _recursive_=True)
     if ckpt_path is not None:
         load_checkpoint(model, ckpt_path, spec.name)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if config.compile:
+        model.compile_parts(device, resolve_encode_batch(config.encode_batch, device))
+    return model
 
 
 @contextlib.contextmanager

@@ -256,8 +256,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 else:
                     from ..session import Session
 
-                    session = Session(volume, req.axis, cfg, predictor=pool.predictor(cfg), window=window)
                     lock = pool.lock(pool.device)
+                    session = Session(volume, req.axis, cfg, predictor=pool.predictor(cfg), window=window, model_lock=lock)
             except BaseException:
                 volumes.release(req.volume)
                 raise

@@ -24,6 +24,7 @@ class ServerConfig:
     custom_image_size: int = 1024  #: the custom model's input size unless a client sets image_size (MedSAM2: 512)
     allow_random_weights: bool = False  #: tests and benchmarks only
     preload: bool = False  #: build the default model at start-up
+    compile: bool = False  #: torch.compile the shared models (slow first calls, then faster)
     max_sessions: int = 16
     max_upload_bytes: int = 1 << 30  #: compressed bytes of one volume upload
     max_voxels: int = 512 * 512 * 2048  #: voxels of one volume

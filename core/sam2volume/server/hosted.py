@@ -80,6 +80,9 @@ class HostedSession:
             job = self.job
         if job is not None:
             job.cancel_event.set()
+        stop = getattr(self.session, "stop_background", None)  # slices encoded ahead (SAM2 sessions)
+        if stop is not None:
+            stop()
         self.session = None  # the engine session (frames, features, results) goes with its last reference
         self._release(self.volume_id)
 

@@ -16,7 +16,10 @@ from ..errors import InputError
 from .config import ServerConfig
 
 #: fields of EngineConfig a request may set (never a path: checkpoint, config_file, extra_overrides)
-REQUEST_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed", "device")
+REQUEST_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed", "device",
+                  "encode_batch", "encode_ahead")
+#: set when the server starts (every session shares the model, so a request cannot change them)
+SERVER_FIELDS = ("compile",)
 PATH_FIELDS = ("checkpoint", "config_file", "extra_overrides")
 CUSTOM = "custom"
 
@@ -96,6 +99,11 @@ class ModelPool:
                 f"a request cannot name server-side files ({', '.join(paths)}); custom checkpoints are set when the "
                 f"server starts (sam2volume serve --checkpoint FILE.pt --config FILE.yaml) and then asked for as model '{CUSTOM}'"
             )
+        fixed = [k for k in SERVER_FIELDS if k in request and request[k] != getattr(self.config, k)]
+        if fixed:
+            raise InputError(f"{', '.join(fixed)} is set when the server starts (sam2volume serve --compile), not per session")
+        for k in SERVER_FIELDS:
+            request.pop(k, None)
         unknown = sorted(set(request) - set(REQUEST_FIELDS) - set(PATH_FIELDS))
         if unknown:
             raise InputError(f"unknown engine setting(s) {', '.join(unknown)}; allowed: {', '.join(REQUEST_FIELDS)}")
@@ -119,11 +127,13 @@ class ModelPool:
             cfg = replace(cfg, checkpoint=self.config.checkpoint, config_file=self.config.config_file,
                           image_size=cfg.image_size or self.config.custom_image_size)
         cfg.spec()  # an unknown model fails here
-        return replace(cfg, device=self.device)
+        return replace(cfg, device=self.device, compile=self.config.compile)
 
     def predictor(self, cfg: Any) -> Any:
         """The shared predictor for ``cfg`` (built on first use, under the device's lock)."""
-        key = (cfg.spec().name, cfg.resolved_image_size, bool(cfg.random_weights), int(cfg.seed), self.device)
+        key = (cfg.spec().name, cfg.resolved_image_size, bool(cfg.random_weights), int(cfg.seed), self.device,
+               # a compiled model is compiled for one propagation batch size
+               cfg.encode_batch if cfg.compile else None)
         with self._guard:
             pred = self._predictors.get(key)
         if pred is not None:
