@@ -215,7 +215,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 #: slices per image-encoder forward pass during propagation when ``encode_batch`` is 0, by device
-#: type, from ``benchmarks/bench_speed.py --encode-batches``: on CPU a batch is slower per slice
+#: type, from ``benchmarks/bench_encode_batch.py``: on CPU a batch is slower per slice
 #: than single slices (512 px, bf16: 0.18 s a slice alone, 0.20 in fours), so 1. CUDA: not yet
 #: measured (no GPU lent), so 1 as well, until the benchmark says otherwise.
 ENCODE_BATCH_DEFAULT = {"cpu": 1, "cuda": 1, "mps": 1}
