@@ -435,7 +435,6 @@ class Session(SessionBase):
         for label in labels:
             if not cond[label]:
                 raise InputError(f"object {label} has no prompt yet; add a point, box or mask first")
-        cond_sets = {label: set(c) for label, c in cond.items()}
         if start is None:
             start = min(c[0] for c in cond.values())
         start = min(max(self._check_slice(start), lo), hi)
@@ -460,7 +459,7 @@ class Session(SessionBase):
                 active = set(labels)
 
                 def needs_encoder(idx: int) -> bool:
-                    return any(idx not in cond_sets[label] for label in active)
+                    return any(idx not in cond[label] for label in active)
 
                 for pos, frame_idx in enumerate(order):
                     if should_stop is not None and should_stop():

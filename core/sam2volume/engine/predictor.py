@@ -89,8 +89,7 @@ class CachedVideoPredictor(SAM2VideoPredictor):
             return super()._get_image_feature(inference_state, frame_idx, batch_size)
         fpn = cache.get(frame_idx)
         if fpn is None:
-            self.encode_slices(inference_state, [frame_idx])
-            fpn = cache.get(frame_idx)
+            fpn = self.encode_slices(inference_state, [frame_idx])[0]
         expanded = {
             "backbone_fpn": [f.expand(batch_size, -1, -1, -1) for f in fpn],
             "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in cache.pos_enc],
@@ -99,8 +98,9 @@ class CachedVideoPredictor(SAM2VideoPredictor):
         # the image tensor itself is never read by the callers (they unpack it as `_`)
         return (torch.empty(batch_size, 3, 0, 0),) + features
 
-    def encode_slices(self, inference_state, frame_indices: list[int]) -> None:
-        """Run the image encoder on these slices in one batched forward pass and cache their features.
+    def encode_slices(self, inference_state, frame_indices: list[int]) -> list[list[torch.Tensor]]:
+        """Run the image encoder on these slices in one batched forward pass, cache their features
+        and return them (one list of feature levels per slice).
 
         The encoder does not depend on SAM2's memory, so slices can be encoded before they are tracked.
         A compiled model is always given the same batch size (a short batch is padded with its last
@@ -108,23 +108,25 @@ class CachedVideoPredictor(SAM2VideoPredictor):
         """
         cache: FeatureCache = inference_state["feature_cache"]
         if not frame_indices:
-            return
-        device = inference_state["device"]
+            return []
         images = inference_state["images"]
         batch = [images[i] for i in frame_indices]
-        pad = max(0, self.compiled_batch - len(batch)) if self.compiled_batch and len(batch) > 1 else 0
-        batch += [batch[-1]] * pad
-        image = torch.stack(batch).to(device).float()
-        backbone_out = self.forward_image(image)
+        if len(batch) > 1:
+            batch += [batch[-1]] * max(0, self.compiled_batch - len(batch))
+        backbone_out = self.forward_image(torch.stack(batch).to(inference_state["device"]).float())
         self.encoder_calls += len(frame_indices)
         self.encoder_forwards += 1
         levels = list(backbone_out["backbone_fpn"])
+        out = []
         for n, idx in enumerate(frame_indices):
             # a copy per slice, so one cached slice does not keep the whole batch's storage alive
-            cache.put(idx, [lvl[n : n + 1].clone() if len(batch) > 1 else lvl for lvl in levels])
+            fpn = [lvl[n : n + 1].clone() for lvl in levels] if len(batch) > 1 else levels
+            cache.put(idx, fpn)
+            out.append(fpn)
         pos = [p[:1] for p in backbone_out["vision_pos_enc"]]
         if cache.pos_enc is None or [p.shape for p in cache.pos_enc] != [p.shape for p in pos]:
             cache.pos_enc = [p.clone() for p in pos]
+        return out
 
     # Upstream stores memory features as bfloat16 and so only runs under bf16 autocast. Without
     # autocast (float32 on CPU), hand them back as float32: the same values, in a dtype the
@@ -199,7 +201,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
     * CUDA, compute capability 8.0 and newer (Ampere, Hopper, ...): bfloat16, as upstream SAM2 runs;
     * older CUDA GPUs (no bf16 units): float16;
-    * CPU with AVX512-BF16 or AMX: bfloat16 (the image encoder is about 2x faster than float32);
+    * CPU with AVX512-BF16 or AMX: bfloat16 (the image encoder is 1.5-2.2x faster than float32 here);
     * other CPUs and Apple MPS: float32.
 
     Results stay within the tolerance that ``tests/test_dtype_policy.py`` states of float32's.
@@ -216,7 +218,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 #: slices per image-encoder forward pass during propagation when ``encode_batch`` is 0, by device
 #: type, from ``benchmarks/bench_encode_batch.py``: on CPU a batch is slower per slice
-#: than single slices (512 px, bf16: 0.18 s a slice alone, 0.20 in fours), so 1. CUDA: not yet
+#: than single slices (512 px, bf16: 0.183 s a slice alone, 0.201 in fours), so 1. CUDA: not yet
 #: measured (no GPU lent), so 1 as well, until the benchmark says otherwise.
 ENCODE_BATCH_DEFAULT = {"cpu": 1, "cuda": 1, "mps": 1}
 
