@@ -59,25 +59,30 @@ class _EncodeAhead:
         self.thread.start()
 
     def _run(self) -> None:
-        session = self.session
-        cache = session.feature_cache
+        cache = self.session.feature_cache
         try:
             for idx in self.todo:
                 if self.stop.is_set() or not cache.has_room():
                     break
-                while idx not in cache and not self.stop.is_set():
-                    with session.model_lock or contextlib.nullcontext():
-                        with session._background_call() as got:
-                            if got and not self.stop.is_set():
-                                if idx not in cache:
-                                    session.predictor.encode_slices(session._state, [idx])
-                                    self.encoded += 1
-                                break
+                while not self._encode(idx):
                     self.stop.wait(0.005)  # a foreground call goes first
         except Exception as exc:  # the foreground encodes on demand instead; nothing is lost
             log.warning("encoding slices ahead stopped: %s: %s", type(exc).__name__, exc)
         finally:
             self.done.set()
+
+    def _encode(self, idx: int) -> bool:
+        """One try at encoding slice ``idx``: False when a foreground call has the model (try again)."""
+        session = self.session
+        if idx in session.feature_cache or self.stop.is_set():
+            return True
+        with session.model_lock or contextlib.nullcontext(), session._background_call() as got:
+            if not got:
+                return False
+            if idx not in session.feature_cache and not self.stop.is_set():
+                session.predictor.encode_slices(session._state, [idx])
+                self.encoded += 1
+            return True
 
 
 class Session(SessionBase):

@@ -204,7 +204,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     * CPU with AVX512-BF16 or AMX: bfloat16 (the image encoder is 1.5-2.2x faster than float32 here);
     * other CPUs and Apple MPS: float32.
 
-    Results stay within the tolerance that ``tests/test_dtype_policy.py`` states of float32's.
+    Results stay within the tolerance that ``tests/test_encode_speedups.py`` states of float32's.
     """
     if name == "auto":
         if device.type == "cuda":
