@@ -68,6 +68,7 @@ class SegmentWithSAM2ParameterNode:
     window: Annotated[str, Choice(WINDOWS)] = "auto"
     direction: Annotated[str, Choice(DIRECTIONS)] = "both"
     stopAfter: Annotated[int, WithinRange(0, 20)] = 3
+    encodeAhead: Annotated[int, WithinRange(0, 64)] = 16
     checkpoint: str = ""
 
 

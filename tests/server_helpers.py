@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from typing import Any, Iterator
@@ -65,6 +66,27 @@ def wait_for(pred: Any, timeout: float, step: float = 0.1) -> bool:
     return bool(pred())
 
 
+def run_concurrently(calls: dict[Any, Any], timeout: float) -> dict[Any, Any]:
+    """Each ``calls[key]()`` on its own thread, all at once; their results by key. Fails naming every
+    call that raised, or if one has not ended ``timeout`` s after the joins began (bounded)."""
+    results, errors = {}, []
+
+    def run(key: Any, fn: Any) -> None:
+        try:
+            results[key] = fn()
+        except Exception as exc:  # collected, asserted below
+            errors.append(f"{key}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=item) for item in calls.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    return results
+
+
 def big_ct(ct: Any, inplane: int = 4, tiles: int = 4) -> Any:
     """The real CT enlarged (each voxel repeated in-plane, slices tiled) for long propagations."""
     from sam2volume import Volume
@@ -72,3 +94,11 @@ def big_ct(ct: Any, inplane: int = 4, tiles: int = 4) -> Any:
     arr = np.repeat(np.repeat(ct.array, inplane, axis=0), inplane, axis=1)
     arr = np.concatenate([arr] * tiles, axis=2)
     return Volume(arr, ct.spacing / np.array([inplane, inplane, 1.0]), ct.origin, ct.direction, {"modality": "CT"})
+
+
+def slab(vol: Any, first: int = 10, n: int = 6) -> Any:
+    """Slices ``first`` to ``first + n - 1`` of a volume, with their place in space (short SAM2 runs)."""
+    from sam2volume import Volume
+
+    return Volume(vol.array[:, :, first:first + n].copy(), vol.spacing, vol.index_to_lps(np.array([[0, 0, first]], float))[0],
+                  vol.direction, {"modality": "CT"})

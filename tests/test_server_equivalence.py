@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2volume import Volume, read_volume
+from sam2volume import read_volume
 from sam2volume.baseline import BaselineSession
 from sam2volume.client import RemoteSession
 
 from sam2_helpers import engine_config
-from server_helpers import local_server
+from server_helpers import local_server, slab
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +118,11 @@ def test_streamed_job_delivers_every_slice(server, ct, seg):
         assert remote.uploaded is False  # the first test's session uploaded this volume already
 
 
-def _small_ct(ct, first=10, n=6):
-    return Volume(ct.array[:, :, first:first + n].copy(), ct.spacing, ct.index_to_lps(np.array([[0, 0, first]], float))[0],
-                  ct.direction, {"modality": "CT"})
-
-
 def test_sam2_random_weights_remote_equals_local(server, ct, seg):
     from sam2volume.session import Session
 
-    vol = _small_ct(ct)
-    lab = _small_ct(seg)
+    vol = slab(ct)
+    lab = slab(seg)
     cfg = engine_config()
     local = Session(vol, "axial", cfg)
     with RemoteSession(server.url, vol, "axial", cfg, engine="sam2", token=server.token) as remote:
@@ -160,7 +155,7 @@ def test_custom_checkpoint_from_the_servers_own_flags(tmp_path, ct, seg):
     pred = build_predictor(cfg)
     ckpt = tmp_path / "my_model.pt"
     torch.save({"model": pred.state_dict()}, ckpt)
-    vol, lab = _small_ct(ct, 12, 4), _small_ct(seg, 12, 4)
+    vol, lab = slab(ct, 12, 4), slab(seg, 12, 4)
     idx = np.argwhere(lab.array == 5)
     p = idx[len(idx) // 2].tolist()
     local = Session(vol, "axial", cfg, predictor=pred)

@@ -10,7 +10,7 @@ from sam2volume import read_volume
 from sam2volume.baseline import BaselineSession
 from sam2volume.client import RemoteSession
 
-from server_helpers import local_server, stats, wait_for
+from server_helpers import local_server, run_concurrently, stats, wait_for
 
 CLIENTS, PROMPTS = 8, 20
 
@@ -23,26 +23,16 @@ def _prompts(ct, n, seed):
 
 def _round(server, ct):
     """CLIENTS threads, each its own session: PROMPTS prompts, one propagation, the result (bounded joins)."""
-    errors, results = [], {}
     barrier = threading.Barrier(CLIENTS, timeout=60)
 
     def client(n):
-        try:
-            with RemoteSession(server.url, ct, engine="baseline", token=server.token, timeout=60) as s:
-                barrier.wait()
-                masks = [s.add_points(1 + i % 3, [p]) for i, p in enumerate(_prompts(ct, PROMPTS, n))]
-                rep = s.propagate("both")
-                results[n] = (masks, rep, s.result().array)
-        except Exception as exc:  # collected, asserted by the caller
-            errors.append(f"client {n}: {type(exc).__name__}: {exc}")
+        with RemoteSession(server.url, ct, engine="baseline", token=server.token, timeout=60) as s:
+            barrier.wait()
+            masks = [s.add_points(1 + i % 3, [p]) for i, p in enumerate(_prompts(ct, PROMPTS, n))]
+            rep = s.propagate("both")
+            return masks, rep, s.result().array
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, errors
+    results = run_concurrently({n: lambda n=n: client(n) for n in range(CLIENTS)}, 120)
     assert sorted(results) == list(range(CLIENTS))
     return results
 

@@ -263,6 +263,65 @@ def test_settings_are_a_snapshot_read_on_the_caller_thread():
         s.direction = "both"
 
 
+def test_encode_ahead_is_read_from_the_parameter_node_and_reaches_the_engine_config(totalseg, link):
+    """encodeAhead (parameter node) -> Settings -> the EngineConfig of the SAM2 session on the server;
+    a test's config_overrides still win; the baseline engine has no such setting."""
+    from SegmentWithSAM2Lib.engine_link import EngineLink
+
+    from server_helpers import slab
+
+    class Params:  # stands for the parameter node's attributes
+        mode, engine, encodeAhead = "local", "sam2", 5
+
+    assert Settings.read(Params()).encodeAhead == 5
+    assert Settings().encodeAhead == 16  # on by default
+    assert Settings(encodeAhead=5).session_key() != Settings(encodeAhead=16).session_key()  # fixed per session
+    assert BASELINE.session_key() == Settings(**{**BASELINE.__dict__, "encodeAhead": 5}).session_key()
+    server = link.local_server(SAM2)
+    remote = {"mode": "remote", "serverUrl": server.url, "serverToken": server.token}  # no second server
+    vol = slab(read_volume(totalseg / "example_ct_sm.nii.gz"), 10, 4)
+    for lk, ahead, expected in ((link, 7, 7), (sc.engine_link(), 0, 0),
+                                (EngineLink(config_overrides={**sc.engine_link().config_overrides, "encode_ahead": 2}), 7, 2)):
+        settings = Settings(**{**SAM2.__dict__, **remote, "encodeAhead": ahead})
+        with lk.factory(settings)(vol, "axial") as session:
+            assert session.config.encode_ahead == expected
+            assert session.server_config["encode_ahead"] == expected  # what the server's session runs with
+    with link.factory(Settings(**{**BASELINE.__dict__, **remote, "encodeAhead": 7}))(vol, "axial") as session:
+        assert session.config is None
+
+
+def test_encoding_ahead_gives_the_segment_of_a_run_without_it(ct, labels, logic, link):
+    """A SAM2 propagation through the logic with encodeAhead 16 (the default) writes the segment a run
+    with 0 writes; after the background work it encodes only the slices not encoded ahead; changing
+    encodeAhead replays the prompts into a new session."""
+    from server_helpers import stats, wait_for
+
+    plain = Settings(**{**SAM2.__dict__, "encodeAhead": 0})
+    k, n = 14, ct.GetImageData().GetDimensions()[2]
+    segmented = {}
+    for settings in (plain, SAM2):
+        seg, sid = logic.prepareSegmentation(ct)
+        logic.addBox(ct, seg, sid, box_roi(ct, labels, 5, k), red_at(ct, [0, 0, k]), settings)
+        c = logic.controllers[(ct.GetID(), seg.GetID())]
+        assert c.session.server_config["encode_ahead"] == settings.encodeAhead
+        assert wait_for(lambda: stats(link.server)["encoding_ahead"] == 0, 120)  # the user looks at the mask a moment
+        task = logic.startPropagation(ct, seg, settings)
+        logic.wait(120)
+        assert task.error is None
+        assert task.job.slices_encoded == n - 1 - settings.encodeAhead  # the prompt encoded its own slice
+        segmented[settings.encodeAhead] = (seg, sid, c)
+    seg0, sid0, _ = segmented[0]
+    seg16, sid16, c16 = segmented[16]
+    expected = sc.segment_array(seg0, sid0, ct)
+    assert expected[k].any() and expected.any(axis=(1, 2)).sum() > 1
+    assert np.array_equal(sc.segment_array(seg16, sid16, ct), expected)
+    old = c16.session
+    logic.startPropagation(ct, seg16, plain)  # encodeAhead 16 -> 0: a new session, the prompt sent again
+    logic.wait(120)
+    assert c16.session is not old and c16.session.server_config["encode_ahead"] == 0 and "1 prompt" in logic.lastMessage
+    assert np.array_equal(sc.segment_array(seg16, sid16, ct), expected)
+
+
 def test_an_existing_segmentation_is_never_moved_or_regridded(ct, labels, logic):
     """Bug 6."""
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")

@@ -129,6 +129,33 @@ def test_every_widget_the_code_uses_is_in_the_ui_file_and_parameters_match():
     assert {c for c in classes if c.startswith(("ctk", "qMRML", "qSlicer"))} <= declared
 
 
+def test_bounded_parameters_match_their_spin_boxes_and_the_settings():
+    """Each int parameter with a WithinRange (stopAfter, encodeAhead) has the range and default of the
+    spin box bound to it, and the logic's Settings the same default."""
+    from SegmentWithSAM2Lib.engine_link import Settings
+
+    ui = ET.parse(MODULE / "Resources/UI/SegmentWithSAM2.ui")
+    boxes = {}
+    for w in ui.iter("widget"):
+        props = {p.get("name"): p for p in w.findall("property")}
+        if w.get("class") == "QSpinBox" and "SlicerParameterName" in props:
+            number = {k: int(props[k].find("number").text) for k in ("minimum", "maximum", "value") if k in props}
+            name = props["SlicerParameterName"].find("string").text
+            boxes[name] = (number.get("minimum", 0), number["maximum"], number.get("value", 0))
+    tree = ast.parse(_module_source())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegmentWithSAM2ParameterNode")
+    bounded = {}
+    for n in cls.body:
+        ann = n.annotation if isinstance(n, ast.AnnAssign) else None
+        if isinstance(ann, ast.Subscript) and ast.unparse(ann).startswith("Annotated[int, WithinRange("):
+            lo, hi = (ast.literal_eval(a) for a in ann.slice.elts[1].args)
+            bounded[n.target.id] = (lo, hi, ast.literal_eval(n.value))
+    assert {"stopAfter", "encodeAhead"} <= set(bounded)
+    assert bounded == boxes
+    for name, (_, _, default) in bounded.items():
+        assert Settings.__dataclass_fields__[name].default == default, name
+
+
 def _cmake_list(path, var):
     text = path.read_text()
     block = re.search(rf"set\({var}\n(.*?)\n\s*\)", text, re.S).group(1)

@@ -31,6 +31,7 @@ class Settings:
     window: str = "auto"
     direction: str = "both"
     stopAfter: int = 3
+    encodeAhead: int = 16  # slices SAM2 encodes around each prompt in the background (0: off)
     checkpoint: str = ""
     serverUrl: str = ""
     serverToken: str = ""
@@ -41,8 +42,10 @@ class Settings:
         return cls(**{name: getattr(source, name) for name in cls.__dataclass_fields__ if hasattr(source, name)})
 
     def session_key(self) -> tuple:
-        """The settings a session depends on (changing one needs a new session)."""
-        return (self.mode, self.engine, self.model, self.device, self.window, self.checkpoint, self.serverUrl, self.serverToken)
+        """The settings a session depends on (changing one needs a new session; encodeAhead is part
+        of the SAM2 session's engine config, fixed when it is created, and means nothing to the baseline)."""
+        return (self.mode, self.engine, self.model, self.device, self.window, self.checkpoint, self.serverUrl, self.serverToken,
+                self.encodeAhead if self.engine == "sam2" else None)
 
 
 def slicer_python() -> str:
@@ -106,7 +109,9 @@ class EngineLink:
             # a custom checkpoint is the local server's model "custom", built with the chosen model's
             # config and image size (a remote session never names files)
             model = "custom" if settings.checkpoint and settings.mode == "local" else settings.model
-            config = EngineConfig(**({"model": model} if model else {}), **self.config_overrides)
+            # encoding ahead: the first propagation after a prompt finds those slices encoded already
+            fields = {**({"model": model} if model else {}), "encode_ahead": int(settings.encodeAhead), **self.config_overrides}
+            config = EngineConfig(**fields)
         window = None if settings.window == "auto" else settings.window
 
         def make(volume, axis):

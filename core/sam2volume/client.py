@@ -199,6 +199,7 @@ class RemoteJob:
         self.progress: tuple[int, int] = (0, 0)
         self.finished = False
         self.report: PropagationReport | None = None
+        self.slices_encoded: int | None = None  # slices the server's image encoder ran on for it (SAM2)
         self.error: Sam2VolumeError | None = None
         self._cancel_sent = False
 
@@ -238,6 +239,7 @@ class RemoteJob:
         if rep.get("report") is not None:
             r = rep["report"]
             self.report = PropagationReport(int(r["slices_run"]), {int(k): v for k, v in r["stopped"].items()}, bool(r["cancelled"]))
+            self.slices_encoded = r.get("slices_encoded")
         if rep.get("error") is not None:
             self.error = _ERROR_TYPES.get(rep["error"]["type"], ServerError)(rep["error"]["message"])
         self.finished = True

@@ -35,6 +35,7 @@ class FeatureCache:
         self.slice_bytes = 0  # bytes of one slice's features (the last one stored)
         self.hits = 0
         self.misses = 0
+        self.stored = 0  # slices put here, i.e. slices the image encoder ran on for this cache
 
     @staticmethod
     def _size(tensors: list[torch.Tensor]) -> int:
@@ -63,6 +64,7 @@ class FeatureCache:
     def put(self, idx: int, fpn: list[torch.Tensor]) -> None:
         size = self._size(fpn)
         self.slice_bytes = size
+        self.stored += 1
         if idx in self.entries:
             self.nbytes -= self._size(self.entries.pop(idx))
         self.entries[idx] = fpn

@@ -48,6 +48,12 @@ class HostedSession:
     def touch(self) -> None:
         self.last_used = time.monotonic()
 
+    def encoding_ahead(self) -> bool:
+        """True while the engine session encodes slices ahead in the background (SAM2's ``encode_ahead``)."""
+        session = self.session
+        done = getattr(session, "wait_for_background", None)
+        return done is not None and not done(0)
+
     @contextlib.contextmanager
     def call(self) -> Iterator[Any]:
         """Run one request's work on the engine session (refused while a propagation runs)."""
@@ -131,13 +137,17 @@ class Job:
                 lock.yield_to_waiters()
 
         t0 = time.perf_counter()
+        cache = getattr(session, "feature_cache", None)  # SAM2 sessions: slices encoded by this propagation
         try:
             if session is None:
                 raise CancelledError("the session was closed before the propagation started")
             with lock or contextlib.nullcontext():
+                # read under the device lock: no slice of this session is being encoded ahead meanwhile
+                stored = None if cache is None else cache.stored
                 report = session.propagate(**self.kwargs, progress=progress, cancel=self.cancel_event, on_slice=on_slice)
             self.report = {"slices_run": report.slices_run, "cancelled": report.cancelled,
-                           "stopped": {str(k): v for k, v in asdict(report)["stopped"].items()}}
+                           "stopped": {str(k): v for k, v in asdict(report)["stopped"].items()},
+                           "slices_encoded": None if cache is None else cache.stored - stored}
         except Sam2VolumeError as exc:
             self.error = (type(exc).__name__, str(exc))
         except Exception:

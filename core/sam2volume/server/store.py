@@ -200,8 +200,10 @@ class SessionRegistry:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"sessions": sum(1 for s in self._items.values() if s is not None),
-                    "jobs_running": sum(1 for j in self._jobs.values() if not j.done)}
+            sessions = [s for s in self._items.values() if s is not None]
+            jobs_running = sum(1 for j in self._jobs.values() if not j.done)
+        return {"sessions": len(sessions), "jobs_running": jobs_running,
+                "encoding_ahead": sum(1 for s in sessions if s.encoding_ahead())}
 
 
 def trim_heap() -> None:
