@@ -97,6 +97,60 @@ def test_encoding_ahead_never_evicts_and_stops_on_propagate(ct10, predictor):
     assert s.wait_for_background(5)
 
 
+def test_encoding_ahead_waits_while_another_user_holds_the_device(ct10, predictor):
+    # the server's device lock (FairLock): background work takes it only when nobody holds or wants it
+    import threading
+    import time
+
+    from sam2volume.server.pool import FairLock
+    from sam2volume.session import Session
+
+    lock = FairLock()
+    s = Session(ct10, "axial", engine_config(dtype="float32", encode_ahead=4), predictor=predictor, model_lock=lock)
+    seen = []
+
+    def other_user():  # queues for the device behind the holder, then holds it for a while
+        with lock:
+            seen.append(s.slices_encoded_ahead)
+            time.sleep(0.3)
+            seen.append(s.slices_encoded_ahead)
+
+    with lock:  # another user's call runs on the device
+        s.add_box(1, BOX)  # this session's own prompt is a foreground call: answered at once
+        time.sleep(0.3)
+        assert s.slices_encoded_ahead == 0  # the background waits
+        waiter = threading.Thread(target=other_user)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not lock._queue and time.monotonic() < deadline:
+            time.sleep(0.001)
+    waiter.join(10)
+    assert seen == [0, 0]  # the queued user went first, although the background asked earlier
+    assert s.wait_for_background(60) and s.slices_encoded_ahead == 4
+
+
+def test_fair_lock_acquire_if_idle():
+    import threading
+    import time
+
+    from sam2volume.server.pool import FairLock
+
+    lock = FairLock()
+    assert lock.acquire_if_idle()
+    assert not lock.acquire_if_idle()  # held
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (lock.acquire(), got.set(), lock.release()))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not lock._queue and time.monotonic() < deadline:  # the thread waits in the lock's queue
+        time.sleep(0.001)
+    assert not lock.acquire_if_idle()  # held, and a waiter queued
+    lock.release()
+    t.join(5)
+    assert got.is_set() and lock.acquire_if_idle()
+    lock.release()
+
+
 def test_nearest_slices_order():
     from sam2volume.session import nearest_slices
 

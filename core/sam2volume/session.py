@@ -44,6 +44,13 @@ def nearest_slices(around: int, count: int, num_slices: int) -> list[int]:
     return out
 
 
+def _acquire_if_idle(lock: Any) -> bool:
+    """Take ``lock`` without waiting, and only if nobody waits for it where the lock can tell
+    (the server's fair lock queues its waiters)."""
+    if_idle = getattr(lock, "acquire_if_idle", None)
+    return bool(if_idle()) if if_idle is not None else bool(lock.acquire(blocking=False))
+
+
 class _EncodeAhead:
     """Encodes slices around a prompted one on a thread, one slice per model call, while the user
     goes on prompting. It yields to foreground calls, never evicts a cached slice, and stops when
@@ -76,7 +83,7 @@ class _EncodeAhead:
         session = self.session
         if idx in session.feature_cache or self.stop.is_set():
             return True
-        with session.model_lock or contextlib.nullcontext(), session._background_call() as got:
+        with session._background_call() as got:
             if not got:
                 return False
             if idx not in session.feature_cache and not self.stop.is_set():
@@ -93,7 +100,9 @@ class Session(SessionBase):
     Slice numbers run along the axis in anatomical order (see :mod:`sam2volume.slicing`);
     :meth:`slice_of` converts a voxel of the input volume to its slice number.
     ``model_lock``, if given, is taken around background encoding (``encode_ahead``), so a server
-    that shares one predictor between sessions keeps its model calls one at a time.
+    that shares one predictor between sessions keeps its model calls one at a time; background work
+    takes it only when nobody holds it or waits for it, so it never delays another user's call by
+    more than the one slice it is encoding.
     """
 
     def __init__(
@@ -210,17 +219,25 @@ class Session(SessionBase):
 
     @contextlib.contextmanager
     def _background_call(self) -> Iterator[bool]:
-        """The lock for one background model call, taken only when no foreground call waits for it
-        (yields False, without the lock, when one does)."""
+        """The locks for one background model call, taken only when no foreground call holds or waits
+        for them: this session's, and the shared ``model_lock`` (other sessions' calls on the device).
+        Yields False, holding nothing, when the model is busy."""
         from .engine.predictor import autocast
 
         if self._waiting or not self._lock.acquire(blocking=False):
+            yield False
+            return
+        shared = self.model_lock
+        if shared is not None and not _acquire_if_idle(shared):
+            self._lock.release()
             yield False
             return
         try:
             with self._torch.inference_mode(), autocast(self.device, self.dtype):
                 yield True
         finally:
+            if shared is not None:
+                shared.release()
             self._lock.release()
 
     def _free_memory(self) -> None:

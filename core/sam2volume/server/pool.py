@@ -41,6 +41,14 @@ class FairLock:
             self._queue.popleft()
             self._held = True
 
+    def acquire_if_idle(self) -> bool:
+        """Take the lock only if nobody holds it or waits for it (background work, lowest priority)."""
+        with self._cond:
+            if self._held or self._queue:
+                return False
+            self._held = True
+            return True
+
     def release(self) -> None:
         with self._cond:
             self._held = False
