@@ -136,10 +136,17 @@ class ModelTimer:
 
 
 def make_volume(n_slices: int):
-    """Real CT slices (example_ct_sm) stacked, mirrored back and forth, to ``n_slices``."""
+    """Real CT slices (example_ct_sm) stacked, mirrored back and forth, to ``n_slices``.
+    ``SAM2VOLUME_BENCH_CT`` may name an .npz of that CT (array, spacing, origin, direction: what
+    ``benchmarks/gpu_prepare.sh`` writes), for a machine without SimpleITK or the shared data."""
     from sam2volume import Volume, read_volume
 
-    ct = read_volume(DATA / "totalseg" / "example_ct_sm.nii.gz")
+    npz = os.environ.get("SAM2VOLUME_BENCH_CT")
+    if npz:
+        with np.load(npz) as f:
+            ct = Volume(f["array"], f["spacing"], f["origin"], f["direction"], {"modality": "CT"})
+    else:
+        ct = read_volume(DATA / "totalseg" / "example_ct_sm.nii.gz")
     a = ct.array
     idx = []
     k, step = 0, 1
