@@ -493,12 +493,18 @@ def main(argv=None):
     machine = describe_machine(args.device)
     results = {"machine": machine, "argv": argv, "models": {}, "memory": {}}
     print(f"{machine}; random weights, bf16 autocast on both sides")
+
+    def save():  # after every row, so a run stopped at a time limit keeps the rows it finished
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
     for model in args.models:
-        results["models"][model] = {size: bench_size(model, size, args) for size in args.sizes}
+        for size in args.sizes:
+            results["models"].setdefault(model, {})[size] = bench_size(model, size, args)
+            save()
     if args.memory_slices:
         memory_runs(args, results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        save()
     return 0
 
 
