@@ -20,11 +20,26 @@ def big(totalseg):
 
 
 @pytest.fixture(scope="module")
-def session(big):
-    with local_server() as server:
-        with RemoteSession(server.url, big, "axial", engine="baseline", token=server.token) as s:
-            s.add_points(1, [[241, 201, 14]])
-            yield s
+def server():
+    with local_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def session(big, server):
+    with RemoteSession(server.url, big, "axial", engine="baseline", token=server.token) as s:
+        s.add_points(1, [[241, 201, 14]])
+        yield s
+
+
+def test_progress_true_shows_the_propagation(big, server, capsys):
+    # off a terminal the bar is plain lines on stderr, the last one at the end of the propagation
+    with RemoteSession(server.url, big, "axial", engine="baseline", token=server.token, progress=True) as s:
+        s.add_points(1, [[241, 201, 14]])
+        rep = s.propagate("forward", stop_after=None)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("propagate: ")]
+    assert len(lines) >= 2
+    assert lines[-1].startswith(f"propagate: {rep.slices_run}/{rep.slices_run} slice")
 
 
 def test_cancel_between_slices_keeps_results(session):

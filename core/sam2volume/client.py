@@ -414,9 +414,14 @@ class RemoteSession(SessionBase):
                   slice_range: tuple[int, int] | None = None, stop_after: int | None = 3,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: Callable[[], bool] | threading.Event | None = None) -> PropagationReport:
-        """As :meth:`Session.propagate` (progress is reported as the server's slices come in)."""
+        """As :meth:`Session.propagate` (progress is reported as the server's slices come in; a session
+        made with ``progress=True`` draws a bar)."""
         job = self.start_propagation(direction, objects=objects, start=start, slice_range=slice_range, stop_after=stop_after)
-        return job.wait(progress=progress, cancel=cancel)
+        progress, close_progress = self._progress_or_bar(progress)
+        try:
+            return job.wait(progress=progress, cancel=cancel)
+        finally:
+            close_progress()
 
     # ----------------------------------------------------------------- results
     @property

@@ -468,11 +468,7 @@ class Session(SessionBase):
             passes.append((True, list(range(start, lo - 1, -1))))
         total = sum(len(order) for _, order in passes)
         report = PropagationReport()
-        bar = None
-        if self.progress and progress is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="propagate", unit="slice")
+        progress, close_progress = self._progress_or_bar(progress)
         done = 0
         try:
             for reverse, order in passes:
@@ -509,11 +505,8 @@ class Session(SessionBase):
                         on_slice(frame_idx, ran)
                     if progress is not None:
                         progress(done, total)
-                    if bar is not None:
-                        bar.update(1)
         finally:
-            if bar is not None:
-                bar.close()
+            close_progress()
         return report
 
     def _track_one(self, label: int, obj_idx: int, frame_idx: int, reverse: bool) -> bool:

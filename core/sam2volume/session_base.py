@@ -71,6 +71,22 @@ class SessionBase:
         self._scores: dict[int, dict[int, float]] = defaultdict(dict)
         self._lock = threading.RLock()
 
+    def _progress_or_bar(self, progress: Callable[[int, int], None] | None) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+        """``progress`` as given, else (a session made with ``progress=True``) a callback that draws a
+        bar (tqdm on a terminal, plain lines elsewhere), made once the total is known; and a closer."""
+        if progress is not None or not self.progress:
+            return progress, lambda: None
+        from .progress import progress_bar
+
+        bars: list[Any] = []
+
+        def show(done: int, total: int) -> None:
+            if not bars:
+                bars.append(progress_bar(total, desc="propagate", unit="slice"))
+            bars[0].update(done - bars[0].n)
+
+        return show, lambda: bars[0].close() if bars else None
+
     @property
     def num_slices(self) -> int:
         return self.axis.num_slices
