@@ -247,34 +247,41 @@ def run_ours(ours, cfg, vol, window, box_ijk, timer=None, correction=False):
     return out
 
 
-def first_mask_times(up, ours, cfg, vol, window, box_ijk, mid, device="cpu"):
-    """Seconds from a click to its 2D mask, model loaded: the slice not yet encoded, then encoded."""
+def first_mask_times(up, ours, cfg, vol, window, box_ijk, mid, device="cpu", clicks: int = 5):
+    """Seconds from a click to its 2D mask, model loaded, both sides interleaved, min and median:
+    a box on a slice not yet encoded (three slices, one object each), then ``clicks`` further points
+    on the encoded middle slice."""
     import torch
 
     from sam2volume.session import Session
 
-    out = {}
+    n = vol.shape[2]
+    fresh = [k for k in (mid, mid - 3, mid + 3) if 0 <= k < n]
+    (x0, y0, _), (x1, y1, _) = box_ijk
     session = Session(vol, "axial", cfg, predictor=ours, window=window)
-    t = time.perf_counter()
-    session.add_box(1, box_ijk)
-    out["ours_cold"] = time.perf_counter() - t
-    t = time.perf_counter()
-    session.add_points(1, [[box_ijk[0][0] + 5, box_ijk[0][1] + 5, mid]], [1])
-    out["ours_encoded"] = time.perf_counter() - t
+    cold = {"ours": [], "upstream": []}
+    encoded = {"ours": [], "upstream": []}
+
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t
+
     with tempfile.TemporaryDirectory() as d, torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         _jpeg_folder(vol, window, d)
-        state = up.init_state(d)  # upstream encodes frame 0 here; the prompted slice on first use
+        state = up.init_state(d)  # upstream encodes frame 0 here; a prompted slice on first use
         sync(device)
-        t = time.perf_counter()
-        up.add_new_points_or_box(state, frame_idx=mid, obj_id=1, box=_upstream_box(box_ijk))
-        sync(device)
-        out["upstream_cold"] = time.perf_counter() - t
-        t = time.perf_counter()
-        up.add_new_points_or_box(state, frame_idx=mid, obj_id=1, points=[[box_ijk[0][0] + 5, box_ijk[0][1] + 5]], labels=[1],
-                                 clear_old_points=False)
-        sync(device)
-        out["upstream_encoded"] = time.perf_counter() - t
-    return out
+        for obj, k in enumerate(fresh, start=1):
+            cold["ours"].append(timed(lambda: session.add_box(obj, [[x0, y0, k], [x1, y1, k]])))
+            cold["upstream"].append(timed(lambda: up.add_new_points_or_box(state, frame_idx=k, obj_id=obj,
+                                                                           box=[x0, y0, x1, y1])))
+        for i in range(clicks):
+            x, y = x0 + 5 + i, y0 + 5
+            encoded["ours"].append(timed(lambda: session.add_points(1, [[x, y, mid]], [1])))
+            encoded["upstream"].append(timed(lambda: up.add_new_points_or_box(
+                state, frame_idx=mid, obj_id=1, points=[[x, y]], labels=[1], clear_old_points=False)))
+    return {"cold": {k: _stats(v) for k, v in cold.items()}, "encoded": {k: _stats(v) for k, v in encoded.items()}}
 
 
 def encode_ahead_times(ours, cfg, vol, window, box_ijk, ahead: int) -> dict:
@@ -388,8 +395,11 @@ def bench_size(model, size, args) -> dict:
     }
     print(f"\n== {model}, {size} px, {args.time_slices} slices, box on slice {mid}, {args.repeats} interleaved runs per side")
     _print_times("", t, args.time_slices, memory_kind)
-    print(f"  first mask after a click: upstream {clicks['upstream_cold']:.4f} s (slice not encoded) / "
-          f"{clicks['upstream_encoded']:.4f} s (encoded); ours {clicks['ours_cold']:.4f} / {clicks['ours_encoded']:.4f} s")
+    c, e = clicks["cold"], clicks["encoded"]
+    print(f"  first mask after a click, median (min) of {c['ours']['runs']} / {e['ours']['runs']}: slice not encoded "
+          f"upstream {c['upstream']['median']:.4f} ({c['upstream']['min']:.4f}) s, ours {c['ours']['median']:.4f} "
+          f"({c['ours']['min']:.4f}) s; encoded upstream {e['upstream']['median']:.4f} ({e['upstream']['min']:.4f}) s, "
+          f"ours {e['ours']['median']:.4f} ({e['ours']['min']:.4f}) s")
     print(f"  result after a prompt: {off['propagate_s']:.2f} s without encoding ahead; {on['propagate_s']:.2f} s with "
           f"encode_ahead={max(ahead)} ({on['encoded_ahead']} slices encoded in {on['background_s']:.2f} s in the background, "
           f"{on['encoded_while_propagating']} while propagating)")
