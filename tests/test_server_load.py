@@ -1,4 +1,5 @@
-"""Bounded load on loopback: 8 concurrent clients, 20 prompts and one propagation each (baseline engine)."""
+"""Bounded load on loopback: 8 concurrent clients, 20 prompts and one propagation each (baseline engine),
+three rounds, memory back where it was."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_eight_clients(totalseg):
         _round(server, ct)  # warm-up: imports, first-use caches and the server's worker threads
         assert wait_for(lambda: stats(server)["sessions"] == 0 and stats(server)["volumes"] == 0, 20)
         before = stats(server)["rss_bytes"]
-        results = _round(server, ct)
+        for _ in range(3):  # a leak adds up round after round
+            results = _round(server, ct)
         for n in (0, CLIENTS - 1):  # each client got its own session's answers
             local = BaselineSession(ct)
             masks = [local.add_points(1 + i % 3, [p]) for i, p in enumerate(_prompts(ct, PROMPTS, n))]
@@ -51,5 +53,7 @@ def test_eight_clients(totalseg):
             assert local.propagate("both") == results[n][1]
             assert np.array_equal(local.result().array, results[n][2])
         assert wait_for(lambda: stats(server)["sessions"] == 0 and stats(server)["volumes"] == 0, 20)
-        # memory back within a few MB of where it was before the second round
-        assert wait_for(lambda: stats(server)["rss_bytes"] < before + 4 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"])
+        # memory back near where it was before the three rounds. A round's 8 sessions hold about 33 MB at
+        # its peak, and RSS after a round varies by 3-5 MB (allocator reuse; measured): leaking even one
+        # session a round would leave more than 8 MB after three
+        assert wait_for(lambda: stats(server)["rss_bytes"] < before + 8 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"])
