@@ -100,6 +100,11 @@ class PeakMemory:
             self.growth = self._rss.growth
 
 
+def memory_kind(device: str) -> str:
+    """What PeakMemory measures on ``device``."""
+    return "GPU memory allocated" if device == "cuda" else "RSS growth"
+
+
 def sync(device: str) -> None:
     """Wait for the GPU, so a timing covers the work it measures."""
     if device == "cuda":
@@ -355,7 +360,7 @@ def _warm_up_cost(up, ours, cfg, vol, window, box, mid, device) -> dict:
     return out
 
 
-def _print_times(label: str, t: dict, n_slices: int, memory_kind: str) -> None:
+def _print_times(label: str, t: dict, kind: str) -> None:
     up, prop, ours = t["upstream"], t["upstream_propagation"], t["ours"]
     n_up, n_ours = t["slices_counted"]["upstream"], t["slices_counted"]["ours"]
     print(f"  {label}upstream (JPEG folder):  {up['min']:.4f} min / {up['median']:.4f} median s/slice"
@@ -366,7 +371,7 @@ def _print_times(label: str, t: dict, n_slices: int, memory_kind: str) -> None:
           f"{ours['median'] / up['median']:.3f}")
     if n_up != n_ours:
         print(f"  note: upstream visited {n_up} slices, ours {n_ours}")
-    print(f"  {label}peak {memory_kind} in a timed run: upstream +{t['peak_mb']['upstream']:.0f} MB, "
+    print(f"  {label}peak {kind} in a timed run: upstream +{t['peak_mb']['upstream']:.0f} MB, "
           f"ours +{t['peak_mb']['ours']:.0f} MB")
 
 
@@ -378,7 +383,6 @@ def bench_size(model, size, args) -> dict:
     window = choose_window(vol.array, "CT", "abdomen")
     mid = args.time_slices // 2
     box = [[45, 27, mid], [104, 85, mid]]
-    memory_kind = "GPU memory allocated" if device == "cuda" else "RSS growth"
     up, ours, cfg = build_models(model, size, device)
     timer = ModelTimer(ours)
     t = time_sides(up, ours, cfg, vol, window, box, mid, args.repeats, device, timer=timer)
@@ -398,7 +402,7 @@ def bench_size(model, size, args) -> dict:
         "reencoded_slices_in_correction": r["reencoded"],
     }
     print(f"\n== {model}, {size} px, {args.time_slices} slices, box on slice {mid}, {args.repeats} interleaved runs per side")
-    _print_times("", t, args.time_slices, memory_kind)
+    _print_times("", t, memory_kind(device))
     c, e = clicks["cold"], clicks["encoded"]
     print(f"  first mask after a click, median (min) of {c['ours']['runs']} / {e['ours']['runs']}: slice not encoded "
           f"upstream {c['upstream']['median']:.4f} ({c['upstream']['min']:.4f}) s, ours {c['ours']['median']:.4f} "
@@ -420,7 +424,7 @@ def bench_size(model, size, args) -> dict:
         row["compiled"] = {**tc, "warm_up": warm}
         print(f"  compiled: warm-up (first / second run) upstream {warm['upstream']['first_s']:.1f} / "
               f"{warm['upstream']['second_s']:.1f} s, ours {warm['ours']['first_s']:.1f} / {warm['ours']['second_s']:.1f} s")
-        _print_times("compiled ", tc, args.time_slices, memory_kind)
+        _print_times("compiled ", tc, memory_kind(device))
         del up, ours
     return row
 
@@ -455,8 +459,7 @@ def child(which: str, n: int, size: int, cache_mb: float, device: str, model: st
 
 def memory_runs(args, results) -> None:
     size, model = args.memory_size, args.models[0]
-    kind = "GPU memory allocated" if args.device == "cuda" else "RSS growth"
-    print(f"\n== memory, {model} at {size} px: peak {kind} during the run, each in a fresh process "
+    print(f"\n== memory, {model} at {size} px: peak {memory_kind(args.device)} during the run, each in a fresh process "
           f"(our feature cache budget {args.memory_cache_mb:g} MB)")
     for n in args.memory_slices:
         row = {which: _child_memory(which, n, size, args.memory_cache_mb, args.device, model) for which in ("upstream", "ours")}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sam2_helpers import engine_config
+from server_helpers import wait_for
 
 pytest.importorskip("sam2")
 
@@ -121,9 +122,7 @@ def test_encoding_ahead_waits_while_another_user_holds_the_device(ct10, predicto
         assert s.slices_encoded_ahead == 0  # the background waits
         waiter = threading.Thread(target=other_user)
         waiter.start()
-        deadline = time.monotonic() + 5
-        while not lock._queue and time.monotonic() < deadline:
-            time.sleep(0.001)
+        assert wait_for(lambda: lock._queue, 5, 0.001)  # the other user waits in the lock's queue
     waiter.join(10)
     assert seen == [0, 0]  # the queued user went first, although the background asked earlier
     assert s.wait_for_background(60) and s.slices_encoded_ahead == 4
@@ -131,7 +130,6 @@ def test_encoding_ahead_waits_while_another_user_holds_the_device(ct10, predicto
 
 def test_fair_lock_acquire_if_idle():
     import threading
-    import time
 
     from sam2volume.server.pool import FairLock
 
@@ -141,9 +139,7 @@ def test_fair_lock_acquire_if_idle():
     got = threading.Event()
     t = threading.Thread(target=lambda: (lock.acquire(), got.set(), lock.release()))
     t.start()
-    deadline = time.monotonic() + 5
-    while not lock._queue and time.monotonic() < deadline:  # the thread waits in the lock's queue
-        time.sleep(0.001)
+    assert wait_for(lambda: lock._queue, 5, 0.001)  # the thread waits in the lock's queue
     assert not lock.acquire_if_idle()  # held, and a waiter queued
     lock.release()
     t.join(5)
