@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
+from typing import Any, Iterator
 
 from .cli_segment import NONNEGATIVE_INT, POSITIVE_INT, add_engine_options, add_server_options, engine_config, server_options
 
@@ -72,19 +75,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_batch)
 
 
+@contextlib.contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """Show the library's warnings while ``command`` runs as one line each on stderr (no source line)."""
+    from .evaluation.case_records import ResumeWarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        print(f"sam2volume {command}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ResumeWarning)
+        warnings.showwarning = show
+        yield
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.runner import evaluate
 
-    report = evaluate(
-        args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
-        labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
-        window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
-        save_predictions=args.save_predictions, limit=args.limit, num_parts=args.num_parts, part_id=args.part_id, progress=not args.quiet,
-        ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
-    )
+    with warnings_as_lines("evaluate"):
+        report = evaluate(
+            args.dataset, args.protocol, args.output, engine=args.engine, config=engine_config(args), layout=args.layout,
+            labels=args.labels, organs=args.organs, seed=args.seed, axis=args.axis, stop_after=args.stop_after or None,
+            window=args.window, tolerances=args.tolerances, baseline=not args.no_baseline, overlays=not args.no_overlays,
+            save_predictions=args.save_predictions, limit=args.limit, num_parts=args.num_parts, part_id=args.part_id, progress=not args.quiet,
+            ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
+        )
     # -q hides the progress bars only: the summary and the errors are always printed
     c = report["cases"]
-    print(f"{c['finished']}/{c['total']} cases ({report['resumed']['cases_already_done']} from before), "
+    redone = report["resumed"]["cases_redone"]
+    print(f"{c['finished']}/{c['total']} cases ({report['resumed']['cases_already_done']} from before"
+          f"{f', {len(redone)} redone: their records were not trusted' if redone else ''}), "
           f"{len(c['errors'])} failed, {len(c['skipped_by_reader'])} skipped by the reader")
     for engine, objs in report["summary"].items():
         for obj, e in objs.items():

@@ -20,8 +20,8 @@ run (the baseline row), unless it is the engine under test.
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ from ..errors import InputError, Sam2VolumeError, check_count
 from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
 from ..run_folder import LOCK_NAME, check_settings, folder_lock, take_part
 from ..metrics import DEFAULT_TOLERANCE_MM, score
+from .case_records import ResumeWarning, read_record, settings_digest
 from .datasets import Case, Dataset, read_dataset
 from .drift import slice_rows
 from .protocols import Protocol, correct_object, key_slices, parse_protocol, prompt_object, rng_for
@@ -181,15 +182,20 @@ def evaluate(
                 predictor.close()
 
 
-def _case_done(run_dir: Path, case_id: str) -> bool:
-    """A case record that reads back; a truncated or corrupt one is redone."""
-    f = _case_file(run_dir, case_id)
-    if not f.is_file():
-        return False
-    try:
-        return isinstance(json.loads(f.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
-        return False
+def _trusted_records(run_dir: Path, case_ids: list[str], digest: str, engines: list[str], objects: list[str],
+                     redo: bool) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """The records of ``case_ids`` that are this run's (see case_records), and why each other one is not.
+    Each distrusted record is warned about once (ResumeWarning): redone by this run (``redo``) or by its shard's."""
+    trusted, rejected = {}, []
+    for case_id in case_ids:
+        record, why = read_record(_case_file(run_dir, case_id), case_id, digest, engines, objects)
+        if record is not None:
+            trusted[case_id] = record
+        elif why is not None:
+            rejected.append({"case": case_id, "reason": why})
+            then = "redoing the case" if redo else "not counted; the run of its shard redoes it"
+            warnings.warn(f"{_case_file(run_dir, case_id)}: record not trusted, {why}; {then}", ResumeWarning, stacklevel=4)
+    return trusted, rejected
 
 
 def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, proto, engine, engines, cfg, axis, window,
@@ -201,7 +207,10 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
     if not settings_file.is_file():
         write_json_atomic(settings_file, {"settings": settings, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
-    todo = [c for c in cases if not _case_done(run_dir, c.case_id)
+    digest = settings_digest(settings)
+    organs = list(objects)
+    kept, redone = _trusted_records(run_dir, [c.case_id for c in cases], digest, engines, organs, redo=True)
+    todo = [c for c in cases if c.case_id not in kept
             or (save_predictions and not all((run_dir / "predictions" / f"{c.case_id}.{e}.nii.gz").is_file() for e in engines))]
     if engine == "sam2" and predictor is None and todo and ray_opts is None:
         from ..engine.predictor import build_predictor
@@ -221,7 +230,7 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
     def finished(case: Case, record: dict[str, Any], worker: str | None = None) -> None:
         if worker is not None:
             record["worker"] = worker
-        write_json_atomic(_case_file(run_dir, case.case_id), {**record, "null_values": NULL_NOTE})
+        write_json_atomic(_case_file(run_dir, case.case_id), {**record, "settings_digest": digest, "null_values": NULL_NOTE})
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(case.case_id)
@@ -243,13 +252,15 @@ def _evaluate_in(run_dir, settings_file, settings, cases, all_ids, ds, objects, 
     if bar is not None:
         bar.close()
     # the tables cover every case of the run: the last shard to finish writes the merged tables
-    return write_tables(run_dir, all_ids, extra={
+    records, ignored = _trusted_records(run_dir, all_ids, digest, engines, organs, redo=False)
+    return write_tables(run_dir, all_ids, records=list(records.values()), extra={
         "command": "evaluate",
         "versions": _versions(),
         "settings": settings,
         "protocol": proto.as_dict(),
         "dataset": ds.summary(),
-        "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned},
+        "resumed": {"cases_already_done": skipped_done, "partial_files_removed": cleaned, "cases_redone": redone,
+                    "records_not_counted": ignored},
         "seconds_this_invocation": round(time.perf_counter() - t_run, 3),
         "executor": executor,
         "reproduce": model_record(cfg, engine, predictor.url if isinstance(predictor, RemoteEngine) else None),

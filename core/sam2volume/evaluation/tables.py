@@ -32,7 +32,10 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) 
 def load_records(run_dir: Path, case_ids: list[str] | None = None) -> list[dict[str, Any]]:
     folder = run_dir / "cases"
     files = [folder / f"{c}.json" for c in case_ids] if case_ids is not None else sorted(folder.glob("*.json"))
-    records = [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
+    return nan_for_null([json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()])
+
+
+def nan_for_null(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:  # JSON holds undefined metrics as null: back to NaN for the statistics
         for row in rec.get("rows", []) + rec.get("slices", []):
             for key in ("dice", "iou", "nsd", "hd95", "assd", "consistency_pred", "consistency_ref"):
@@ -120,9 +123,10 @@ def boxplot(rows: list[dict[str, Any]], path: Path, metric: str = "dice", title:
     return path
 
 
-def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """scores.csv, summary.csv, plots and report.json from the finished cases' records."""
-    records = load_records(run_dir, case_ids)
+def write_tables(run_dir: Path, case_ids: list[str], extra: dict[str, Any], records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """scores.csv, summary.csv, plots and report.json from the finished cases' records (``records``: those
+    already read and checked, else every record of ``case_ids`` in the folder)."""
+    records = load_records(run_dir, case_ids) if records is None else nan_for_null(records)
     rows = [r for rec in records for r in rec.get("rows", [])]
     write_text_atomic(run_dir / "scores.csv", _csv_text(rows, SCORE_COLUMNS))
     summary = summarise(rows)
