@@ -18,7 +18,7 @@ import numpy as np
 
 from sam2volume import InputError, Volume
 
-from .geometry import check_on_slice, view_slice, volume_from_slicer, world_to_ijk
+from .geometry import box_in_frame, check_on_slice, view_slice, volume_from_slicer, world_to_ijk
 
 SessionFactory = Callable[[Volume, str], Any]  # (volume, axis) -> a session with sam2volume's Session interface
 
@@ -139,13 +139,14 @@ class SegmentationController:
         view, ijk = self.view_points(points_ras, slice_to_ras, world_to_local)
         return self._add(Prompt(segment_id, "points", ijk, [int(bool(p)) for p in positive], key=key), view.axis)
 
-    def add_box(self, segment_id: str, corner_a_ras: Any, corner_b_ras: Any, slice_to_ras: np.ndarray,
+    def add_box(self, segment_id: str, corners_ras: Any, slice_to_ras: np.ndarray,
                 world_to_local: np.ndarray | None = None, key: Any = None) -> SliceUpdate:
-        """A box drawn in a slice view (two opposite corners, world RAS; the centre must be on the slice)."""
+        """A box drawn in a slice view: its corners (world RAS, two opposite ones or all of them; the
+        centre must be on the slice). The box sent is the bounding box, in the slice's own voxel
+        frame, of all its corners: on a volume rotated in-plane two opposite corners alone span a
+        smaller box than the one drawn."""
         view = view_slice(slice_to_ras, self.volume, self.ijk_to_ras, world_to_local)
-        ijk = world_to_ijk([corner_a_ras, corner_b_ras], self.ijk_to_ras, world_to_local)
-        check_on_slice(ijk.mean(axis=0, keepdims=True), view)
-        ijk[:, view.voxel_axis] = view.index
+        ijk = box_in_frame(world_to_ijk(corners_ras, self.ijk_to_ras, world_to_local), view)
         return self._add(Prompt(segment_id, "box", ijk, key=key), view.axis)
 
     def add_mask(self, segment_id: str, slice_kji: np.ndarray, slice_to_ras: np.ndarray,

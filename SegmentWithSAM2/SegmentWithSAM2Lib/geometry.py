@@ -86,6 +86,19 @@ def check_on_slice(ijk: np.ndarray, view: ViewSlice) -> None:
         )
 
 
+def box_in_frame(corners_ijk: np.ndarray, view: ViewSlice) -> np.ndarray:
+    """A box's corners (continuous voxel indices, (N, 3), N >= 2) -> its two opposite corners on the
+    shown slice: the bounding box of every corner in the slice's voxel plane (the session's frame is
+    that plane with its axes permuted or flipped, so the box is the same there)."""
+    ijk = np.asarray(corners_ijk, dtype=np.float64).reshape(-1, 3)
+    if len(ijk) < 2:
+        raise InputError(f"a box needs at least two corners, got {len(ijk)}")
+    check_on_slice(ijk.mean(axis=0, keepdims=True), view)
+    box = np.stack([ijk.min(axis=0), ijk.max(axis=0)])
+    box[:, view.voxel_axis] = view.index
+    return box
+
+
 def changed_runs(old: np.ndarray | None, new: np.ndarray, voxel_axis: int) -> list[tuple[int, int]]:
     """Runs (first, last) of slices along ``voxel_axis`` (array [i, j, k]) where ``new`` differs from ``old``."""
     if old is None:

@@ -81,21 +81,22 @@ def slice_node_for_point(point_ras, slice_nodes) -> Any:
     return best
 
 
-def box_corners(roi) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two corners (world RAS) of a box ROI once it is complete, else None.
+def box_corners(roi) -> np.ndarray | None:
+    """The eight corners (world RAS, shape (8, 3)) of a box ROI once it is complete, else None.
 
     Placing a box takes two clicks: after the first, the ROI has one defined point, needs two and
     has no size; after the second, Slicer replaces the points by the centre and needs one
-    (``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints``)."""
+    (``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints``). The corners follow the ROI's own
+    axes (its ObjectToWorld matrix: a rotated ROI, a parent transform), so that the box sent is the
+    box drawn, in whichever frame the volume's slices lie."""
     if roi.GetNumberOfDefinedControlPoints() < 1 or roi.GetRequiredNumberOfControlPoints() != 1:
         return None
-    centre, size = [0.0] * 3, [0.0] * 3
-    roi.GetCenterWorld(centre)
-    roi.GetSizeWorld(size)
+    size = np.asarray(roi.GetSize(), dtype=np.float64)  # along the ROI's own axes
     if sorted(size)[1] <= 0:  # fewer than two in-plane sides
         return None
-    c, s = np.asarray(centre), np.asarray(size)
-    return c - s / 2, c + s / 2
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    corners_object = np.c_[signs * size / 2, np.ones(8)]
+    return (corners_object @ slicer.util.arrayFromVTKMatrix(roi.GetObjectToWorldMatrix()).T)[:, :3]
 
 
 class PromptNodes:
@@ -333,7 +334,7 @@ class SegmentWithSAM2Logic:
         if corners is None:
             return None
         c = self.controllerFor(volumeNode, segmentationNode, settings)
-        u = c.add_box(segmentId, corners[0], corners[1], slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
+        u = c.add_box(segmentId, corners, slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
                       world_to_local(volumeNode), key=(roi.GetID(), "box"))
         self.prompts.retire_box(roi, segmentId)
         self.applyUpdates([u], segmentationNode, volumeNode)
