@@ -271,10 +271,13 @@ def model_overrides(config: EngineConfig, device: torch.device) -> dict[str, Any
     return out
 
 
-def compose_config(config_name: str, overrides: dict[str, Any]) -> Any:
-    """The model config as an OmegaConf object (packaged config name or a .yaml path)."""
+def compose_model(config_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model section of a config (packaged config name or a .yaml path), overrides applied and
+    interpolations resolved, as a plain tree that :func:`check_model_tree` has checked: hydra may
+    instantiate it as it is."""
     import sam2  # noqa: F401  (registers the packaged configs with hydra)
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     path = Path(config_name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
@@ -289,34 +292,121 @@ def compose_config(config_name: str, overrides: dict[str, Any]) -> Any:
             cfg = compose(config_name=config_name)
         except Exception as exc:
             raise ModelError(f"SAM2 config {config_name!r} not found ({exc}); name a packaged config or a .yaml file") from None
-    if "model" not in cfg:
+    if not OmegaConf.is_dict(cfg) or "model" not in cfg or not OmegaConf.is_dict(cfg.model):
         raise ModelError(f"SAM2 config {config_name!r} has no 'model' section; it is not a SAM2 model config")
-    check_targets(OmegaConf.to_container(cfg.model, resolve=False), config_name)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    OmegaConf.resolve(cfg)
-    return cfg
+    # first as written (before any resolver runs), then as hydra will see it
+    check_model_tree(OmegaConf.to_container(cfg.model, resolve=False), config_name, resolved=False)
+    try:
+        for key, value in overrides.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ModelError(
+            f"SAM2 config {config_name!r} cannot be resolved ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "fix the interpolation it names"
+        ) from None
+    check_model_tree(model, config_name)
+    return model
 
 
-ALLOWED_TARGET_PREFIXES = ("sam2.modeling.",)
+#: the classes a model config may build, by their exact qualified names: SAM2's model classes as its
+#: packaged configs name them (plus ``Attention``, RoPEAttention's base). The root is always set to
+#: one of our predictor classes (:func:`model_overrides`). Nothing is imported by a name from a config.
+ALLOWED_TARGETS = (
+    "sam2.modeling.sam2_base.SAM2Base",
+    "sam2.modeling.backbones.image_encoder.ImageEncoder",
+    "sam2.modeling.backbones.image_encoder.FpnNeck",
+    "sam2.modeling.backbones.hieradet.Hiera",
+    "sam2.modeling.position_encoding.PositionEmbeddingSine",
+    "sam2.modeling.memory_attention.MemoryAttention",
+    "sam2.modeling.memory_attention.MemoryAttentionLayer",
+    "sam2.modeling.sam.transformer.Attention",
+    "sam2.modeling.sam.transformer.RoPEAttention",
+    "sam2.modeling.memory_encoder.MemoryEncoder",
+    "sam2.modeling.memory_encoder.MaskDownSampler",
+    "sam2.modeling.memory_encoder.Fuser",
+    "sam2.modeling.memory_encoder.CXBlock",
+)
+#: constructor arguments no config may set: Hiera's ``weights_path`` opens a path or URL and unpickles it
+REFUSED_ARGUMENTS = frozenset({"weights_path"})
 
 
-def check_targets(node: Any, config_name: str, where: str = "model") -> None:
-    """Hydra's ``_target_`` can call any Python function: a model config may name SAM2's own model
-    classes only (checked before anything is instantiated)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_":
-                if not isinstance(value, str) or not value.startswith(ALLOWED_TARGET_PREFIXES) or "${" in value:
-                    raise ModelError(
-                        f"SAM2 config {config_name!r}: {where}._target_ {value!r} is not one of SAM2's model classes "
-                        f"(allowed: {', '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)}); refusing to build it"
-                    )
-            else:
-                check_targets(value, config_name, f"{where}.{key}")
-    elif isinstance(node, list):
-        for n, item in enumerate(node):
-            check_targets(item, config_name, f"{where}[{n}]")
+def allowed_classes() -> dict[str, type]:
+    """:data:`ALLOWED_TARGETS` and our predictor classes, each name mapped to its class (checked to be
+    the class's own ``module.qualname``, the name hydra's locator finds it by)."""
+    import importlib
+
+    classes: dict[str, type] = {}
+    for name in ALLOWED_TARGETS:
+        module, _, attr = name.rpartition(".")
+        classes[name] = getattr(importlib.import_module(module), attr)
+    for cls in (CachedVideoPredictor, CompiledVideoPredictor):
+        classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    for name, cls in classes.items():
+        if not isinstance(cls, type) or f"{cls.__module__}.{cls.__qualname__}" != name:
+            raise ModelError(f"allowed config class {name} is {cls!r} in this sam2 version; update ALLOWED_TARGETS")
+    return classes
+
+
+def constructor_arguments(cls: type) -> frozenset[str]:
+    """Keyword arguments ``cls(...)`` accepts: its ``__init__``'s named parameters, and where that passes
+    ``**kwargs`` on, those of the next ``__init__`` up its MRO (stopping at ``torch.nn.Module``)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in (torch.nn.Module, object):
+            break
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names)
+
+
+def check_model_tree(node: Any, config_name: str, where: str = "model", resolved: bool = True) -> None:
+    """Hydra's ``_target_`` calls whatever it names: refuse, before anything is instantiated, a model
+    config that names anything but :func:`allowed_classes` (by exact name), a keyword that is not a
+    constructor argument of its class (or is in :data:`REFUSED_ARGUMENTS`), hydra's instantiation
+    options (``_args_``, ``_partial_``, ``_recursive_``, ``_convert_``) and, once resolved, text
+    containing ``${`` (hydra would resolve it again while instantiating)."""
+    classes = allowed_classes()
+
+    def refuse(what: str, fix: str) -> None:
+        raise ModelError(f"SAM2 config {config_name!r}: {what}; {fix}")
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            cls = None
+            if "_target_" in node:
+                target = node["_target_"]
+                cls = classes.get(target) if isinstance(target, str) else None
+                if cls is None:
+                    refuse(f"{where}._target_ {target!r} is not one of SAM2's model classes, so it is not built",
+                           "a config may name only these: " + ", ".join(ALLOWED_TARGETS))
+            for key, value in node.items():
+                k = str(key)
+                if k != "_target_" and k.startswith("_") and k.endswith("_"):
+                    refuse(f"{where}.{k} is a hydra instantiation option, which model configs may not use", "remove it")
+                if cls is not None and k != "_target_":
+                    if k in REFUSED_ARGUMENTS:
+                        refuse(f"{where}.{k} would load a file while the model is built", "remove it and give the weights as the checkpoint")
+                    if k not in constructor_arguments(cls):
+                        refuse(f"{where}.{k} is not an argument of {cls.__name__}", "remove it or correct its spelling")
+                if k != "_target_":
+                    walk(value, f"{where}.{k}")
+        elif isinstance(node, list):
+            for n, item in enumerate(node):
+                walk(item, f"{where}[{n}]")
+        elif resolved and isinstance(node, str) and "${" in node:
+            refuse(f"{where} {node[:80]!r} holds '${{', which hydra would resolve again while building", "remove it")
+
+    if not isinstance(node, dict) or "_target_" not in node:
+        refuse(f"{where} has no _target_", "name SAM2's model class (sam2.modeling.sam2_base.SAM2Base) as the packaged configs do")
+    walk(node, where)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path, name: str) -> None:
@@ -354,11 +444,18 @@ def build_predictor(config: EngineConfig, progress: bool = False) -> CachedVideo
         ckpt_path = Path(config.checkpoint) if config.checkpoint else WeightsManager().ensure(spec, progress=progress)
         if not ckpt_path.is_file():
             raise ModelError(f"checkpoint {ckpt_path} does not exist")
-    cfg = compose_config(spec.config, model_overrides(config, device))
+    tree = compose_model(spec.config, model_overrides(config, device))
     from hydra.utils import instantiate
 
     with _seeded(config.seed):
-        model = instantiate(cfg.model, _recursive_=True)
+        try:
+            model = instantiate(tree, _recursive_=True)
+        except Exception as exc:  # values of the wrong type or shape for SAM2's classes
+            cause = exc.__cause__ or exc
+            raise ModelError(
+                f"SAM2 config {spec.config!r} does not build a model ({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}); "
+                "compare its values with sam2's packaged configs"
+            ) from None
     if ckpt_path is not None:
         load_checkpoint(model, ckpt_path, spec.name)
     model = model.to(device).eval()
