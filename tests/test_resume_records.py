@@ -112,3 +112,27 @@ def test_the_cli_says_which_cases_it_redoes_in_one_line_each(finished_run, capsy
     lines = [line for line in err.splitlines() if "warning" in line]
     assert lines == [f"sam2volume evaluate: warning: {run / 'cases/b.json'}: record not trusted, it is the record of case 'a'; redoing the case"]
     assert "Traceback" not in err and "warnings.warn" not in err
+
+
+def test_batch_redoes_an_input_whose_report_is_another_inputs(totalseg, tmp_path, capsys):
+    from pathlib import Path
+
+    from eval_helpers import link
+
+    inputs = tmp_path / "in"
+    prompts = json.loads((Path(__file__).resolve().parents[1] / "examples" / "prompts_ct_abdomen.json").read_text())
+    prompts["objects"] = [o for o in prompts["objects"] if not o.get("masks")][:1]
+    for name in ("one", "two"):
+        link(totalseg / "example_ct_sm.nii.gz", inputs / f"{name}.nii.gz")
+        (inputs / f"{name}.prompts.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    assert main(["batch", str(inputs), "-o", str(out), "--engine", "baseline", "-q"]) == 0
+    shutil.copy(out / "one.report.json", out / "two.report.json")
+    capsys.readouterr()
+    assert main(["batch", str(inputs), "-o", str(out), "--engine", "baseline", "-q"]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((out / "batch_report.json").read_text())
+    assert [Path(p).name for p in report["done"]] == ["two.nii.gz"] and len(report["skipped_finished"]) == 1
+    assert report["redone"][0]["input"].endswith("two.nii.gz") and "one.nii.gz" in report["redone"][0]["reason"]
+    assert err.startswith("sam2volume batch: warning: ") and "two.report.json: report not trusted" in err and len(err.splitlines()) == 1
+    assert Path(json.loads((out / "two.report.json").read_text())["output"]).name == "two.nii.gz"

@@ -10,7 +10,9 @@ exist is skipped, so a killed batch resumes where it stopped. Failures are liste
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +20,7 @@ from .errors import InputError, Sam2VolumeError, check_count
 from .io.atomic import check_output, remove_partials, split_suffix, write_json_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
-from .run_folder import check_settings, folder_lock, take_part
+from .run_folder import ResumeWarning, check_settings, folder_lock, take_part
 
 
 def _stem(path: Path) -> str:
@@ -57,6 +59,27 @@ def find_prompts(image: Path, prompts: str | Path | None, prompts_dir: str | Pat
 
 
 SETTINGS_FILE = "batch_settings.json"
+
+
+def _report_problem(out: Path, pfile: Path | None, settings: dict[str, Any]) -> str | None:
+    """Why the run report beside ``out`` is not the report of this input's segmentation under these settings."""
+    from .api import report_path
+
+    try:
+        report = json.loads(report_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(report, dict) or report.get("command") != "segment":
+        return "it is not the report of a segmentation"
+    if not isinstance(report.get("output"), str) or Path(report["output"]).name != out.name:
+        return f"it is the report of output {report.get('output')!r}"
+    if pfile is not None and (not isinstance(report.get("prompts"), str) or Path(report["prompts"]).name != pfile.name):
+        return f"it was segmented from prompts {report.get('prompts')!r}, not {pfile.name!r}"
+    wanted = json.loads(json.dumps({k: settings[k] for k in ("engine", "config", "direction", "stop_after")}, default=str))
+    found = {k: report.get(k) for k in wanted}
+    if found != wanted:
+        return f"it was made with other settings ({', '.join(f'{k} {found[k]!r}' for k in wanted if found[k] != wanted[k])})"
+    return None
 
 
 def batch(
@@ -118,9 +141,17 @@ def batch(
                 "prompts_dir": str(Path(prompts_dir).resolve()) if prompts_dir is not None else None}
     check_settings(out_dir / SETTINGS_FILE, settings, "batch")
     plan = take_part(plan, num_parts, part_id)  # a shard, into the same folder
-    todo, finished = [], []
+    todo, finished, redone = [], [], []
     for item in plan:  # an output with its report was finished by an earlier run
-        (finished if item[1].is_file() and report_path(item[1]).is_file() else todo).append(item)
+        image, out, pfile = item
+        if out.is_file() and report_path(out).is_file():
+            why = _report_problem(out, pfile, settings)
+            if why is None:
+                finished.append(item)
+                continue
+            redone.append({"input": str(image), "reason": why})
+            warnings.warn(f"{report_path(out)}: report not trusted, {why}; segmenting {image} again", ResumeWarning, stacklevel=2)
+        todo.append(item)
     out_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(out_dir, f"batch folder {out_dir}", shard=num_parts > 1):
         remove_partials(out_dir)  # left by a killed run
@@ -137,7 +168,7 @@ def batch(
             bar = progress_bar(len(plan), initial=len(finished), desc="batch", unit="volume")
         report: dict[str, Any] = {"command": "batch", "versions": _versions(), "engine": engine,
                                   "config": cfg.to_dict() if engine == "sam2" else None, "done": [],
-                                  "skipped_finished": [str(out) for _, out, _ in finished],
+                                  "skipped_finished": [str(out) for _, out, _ in finished], "redone": redone,
                                   "errors": [], "seconds": {}}
         seg_kwargs = dict(axis=axis, direction=direction, stop_after=stop_after, window=window, allow_uneven_spacing=allow_uneven_spacing)
         for image, out, pfile in todo:

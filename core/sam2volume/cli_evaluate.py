@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 @contextlib.contextmanager
 def warnings_as_lines(command: str) -> Iterator[None]:
     """Show the library's warnings while ``command`` runs as one line each on stderr (no source line)."""
-    from .evaluation.case_records import ResumeWarning
+    from .run_folder import ResumeWarning
 
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         print(f"sam2volume {command}: warning: {message}", file=sys.stderr, flush=True)
@@ -142,12 +142,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import batch
 
-    report = batch(
-        args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
-        config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
-        window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
-        num_parts=args.num_parts, part_id=args.part_id, ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
-    )
+    with warnings_as_lines("batch"):
+        report = batch(
+            args.inputs, args.output, prompts=args.prompts, prompts_dir=args.prompts_dir, suffix=args.format, engine=args.engine,
+            config=engine_config(args), axis=args.axis, direction=args.direction, stop_after=args.stop_after or None,
+            window=args.window, png=args.png, progress=not args.quiet, allow_uneven_spacing=args.allow_uneven_spacing,
+            num_parts=args.num_parts, part_id=args.part_id, ray=args.ray, ray_workers=args.ray_workers, **server_options(args),
+        )
     if not args.quiet:
         print(f"{len(report['done'])} segmented, {len(report['skipped_finished'])} already done, {len(report['errors'])} failed")
         for e in report["errors"]:

@@ -16,6 +16,10 @@ SHARD_WAIT_S = 7 * 24 * 3600.0
 T = TypeVar("T")
 
 
+class ResumeWarning(UserWarning):
+    """A resumed evaluate or batch found a record of earlier work it cannot trust and redoes that work."""
+
+
 def take_part(items: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     """Shard ``part_id`` of ``num_parts`` as nnU-Net cuts them: every num_parts-th item from part_id."""
     check_count(num_parts, "num_parts")

@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import ResumeWarning
+
+__all__ = ["ResumeWarning", "read_record", "record_problem", "settings_digest"]
+
 SCORE_NUMBERS = ("dice", "iou", "nsd", "hd95", "assd")  # null in JSON where undefined (NaN)
 SLICE_NUMBERS = ("dice", "consistency_pred", "consistency_ref")
-
-
-class ResumeWarning(UserWarning):
-    """A resumed run found a case record it cannot trust and redoes that case."""
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
