@@ -146,7 +146,9 @@ def test_failed_write_leaves_no_partial_file(tmp_path, totalseg, monkeypatch):
     monkeypatch.setattr(sitk, "WriteImage", write_then_fail)
     from sam2volume import write_volume
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    from sam2volume.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"cannot write .*ct\.nii\.gz: disk full"):  # ITK's words, as one sentence
         write_volume(ct, tmp_path / "ct.nii.gz")
     assert list(tmp_path.iterdir()) == []
 

@@ -18,12 +18,15 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read a DICOM series with uneven slice gaps using the mean gap (warns; slices are misplaced)",
     )
+    p.add_argument("--max-voxels", type=int, default=None,
+                   help="largest volume a file header may declare, in voxels (default: $SAM2VOLUME_MAX_VOXELS, else 2**31)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .io import read_volume
 
-    vol = read_volume(args.path, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+    vol = read_volume(args.path, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing,
+                      max_voxels=args.max_voxels)
     info = vol.summary()
     if args.json:
         print(json_text(info))
@@ -38,14 +41,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     reference = None
     if args.reference:
-        reference = read_volume(args.reference, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+        reference = read_volume(args.reference, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing,
+                                max_voxels=args.max_voxels)
     out = str(args.output).lower()
     is_seg_output = out.endswith((".seg.nrrd", ".dcm"))
     if args.labelmap or is_seg_output:
-        lab = read_labelmap(args.input, reference=reference, series_uid=args.series_uid)
+        lab = read_labelmap(args.input, reference=reference, series_uid=args.series_uid, max_voxels=args.max_voxels)
         write_labelmap(lab, args.output, reference=reference)
     else:
-        vol = read_volume(args.input, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing)
+        vol = read_volume(args.input, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing,
+                          max_voxels=args.max_voxels)
         write_volume(vol, args.output)
     if not args.quiet:
         print(f"wrote {args.output}")

@@ -21,6 +21,11 @@ class UnevenSpacingError(InputError):
     """A DICOM series whose slices are not evenly spaced."""
 
 
+class OutputError(Sam2VolumeError):
+    """An output file cannot be written completely (a full disk, a file size limit, a read-only folder);
+    the message names the file and the operating system's reason. Nothing is left behind."""
+
+
 class ModelError(Sam2VolumeError):
     """A model, config or checkpoint cannot be used."""
 

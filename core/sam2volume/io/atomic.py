@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 
 def split_suffix(path: Path) -> tuple[str, str]:
@@ -21,28 +22,73 @@ def split_suffix(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix
 
 
+def write_failed(path: Path, exc: OSError) -> OutputError:
+    """One sentence naming the output and the operating system's reason (a full disk, a size limit, ...)."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+        cause = cause.__cause__ or cause.__context__  # a writer may re-raise the OS's error in its own words
+    if cause is not None:
+        exc = cause
+    reason = exc.strerror or " ".join(str(exc).split())
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    return OutputError(f"cannot write {path}: {reason}{code}; nothing was written: free space on that disk or choose another output folder")
+
+
+def os_reason_for_short_file(tmp: Path) -> OSError | None:
+    """A writer that does not report a failed write (ITK's NIfTI writer) left ``tmp`` short: writing more to it
+    shows why (the same full disk or file size limit); None if the system accepts more bytes now."""
+    try:
+        with open(tmp, "ab") as fh:
+            fh.write(b"\0" * (1 << 20))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _fsync(tmp: Path) -> None:
+    """Flush a written file to the disk: a full disk or a quota may only show here."""
+    if tmp.is_file():
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same suffix; rename it on success.
 
-    On any exception the temporary file (or folder) is removed and ``path`` is untouched.
+    ``verify(tmp)``, if given, checks the written file before it is flushed to disk and renamed. On any
+    exception the temporary file (or folder) is removed and ``path`` is untouched; an :class:`OSError` (a full
+    disk, a file size limit, a read-only folder) becomes an :class:`OutputError` naming ``path`` and the reason.
     """
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    stem, suffix = split_suffix(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        stem, suffix = split_suffix(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
     tmp = Path(tmp_name)
     tmp.unlink()  # writers create it themselves (some refuse to overwrite)
     try:
         yield tmp
+        if verify is not None:
+            verify(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise write_failed(path, exc) from None
         raise
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from . import dicom_series
+from . import dicom_series, header_checks
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEG_SUFFIXES = (".seg.nrrd",)
@@ -41,11 +40,16 @@ def read_volume(
     series_uid: str | None = None,
     allow_uneven_spacing: bool = False,
     allow_non_finite: bool = False,
+    max_voxels: int | None = None,
 ) -> Volume:
     """Read a 3D image (or labelmap) with exact geometry.
 
     ``path`` may be a NIfTI/NRRD/MHA/MHD file, a ``.seg.nrrd`` segmentation, a folder of
     DICOM files (one series, or choose with ``series_uid``) or a multi-frame DICOM file.
+
+    Before any voxel is read, a NIfTI/NRRD/MetaImage header is checked (see :mod:`.header_checks`): a detached
+    data file must lie in the header's folder, the file must hold the data its header declares, and the declared
+    voxels must not exceed ``max_voxels`` (default ``$SAM2VOLUME_MAX_VOXELS``, else 2**31).
     """
     p = Path(path)
     if not p.exists():
@@ -56,7 +60,7 @@ def read_volume(
         raise InputError(f"{p}: file is not readable (permission denied); fix its permissions")
     kind = _suffix_kind(p)
     if kind == "seg.nrrd":
-        return read_seg_nrrd(p)
+        return read_seg_nrrd(p, max_voxels=max_voxels)
     if kind == "dicom":
         return dicom_series.read_dicom_file(p)
     if kind == "unknown":
@@ -64,7 +68,7 @@ def read_volume(
             f"{p}: unknown file type; supported are {', '.join(IMAGE_SUFFIXES + SEG_SUFFIXES)}, "
             "DICOM files and DICOM series folders"
         )
-    _check_gzip_intact(p)
+    header_checks.check_image_file(p, max_voxels)
     if p.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_spacing(p)
     image = _sitk_read(p)
@@ -75,20 +79,6 @@ def read_volume(
             _check_nifti_finite(p, vol)
     vol.meta.setdefault("modality", guess_modality(vol.array))
     return vol
-
-
-def _check_gzip_intact(p: Path) -> None:
-    """ITK may read a truncated .nii.gz without complaint; gzip's CRC catches it."""
-    if not p.name.lower().endswith(".gz"):
-        return
-    try:
-        with gzip.open(p, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
-    except (EOFError, OSError, zlib.error) as exc:
-        raise InputError(
-            f"{p}: the compressed file is truncated or corrupt ({exc}); copy or export it again"
-        ) from None
 
 
 def _check_nifti_spacing(p: Path) -> None:
@@ -214,9 +204,11 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if lo <= -500 and array.dtype.kind in "iuf" else "unknown"
 
 
-def read_seg_nrrd(p: Path) -> Volume:
+def read_seg_nrrd(p: Path, max_voxels: int | None = None) -> Volume:
     """Read a 3D Slicer ``.seg.nrrd`` as a labelmap; segment names/colours go to ``meta['segments']``."""
     import slicerio
+
+    header_checks.check_nrrd(p, header_checks.max_voxels_limit(max_voxels))
 
     try:
         seg = slicerio.read_segmentation(str(p))

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..volume import Volume
-from .atomic import atomic_output
+from .atomic import atomic_output, os_reason_for_short_file, write_failed
 
 #: single-file formats we write (two-file .nhdr/.mhd are read only: their data file
 #: cannot be renamed atomically together with the header)
@@ -111,9 +111,35 @@ def write_volume(vol: Volume, path: str | os.PathLike[str], *, compress: bool = 
     from .readers import volume_to_sitk
 
     image = volume_to_sitk(vol)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    with atomic_output(path, verify=lambda tmp: verify_written(tmp, path)) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:  # ITK names no OS reason ("couldn't write"): find it, or keep ITK's words
+            if tmp.exists():
+                reason = os_reason_for_short_file(tmp)
+                if reason is not None:
+                    raise write_failed(path, reason) from None
+            raise OutputError(f"cannot write {path}: {_itk_detail(exc)}; nothing was written") from None
     return path
+
+
+def _itk_detail(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if "Reason" in line or "ERROR" in line), lines[-1] if lines else "")[:200]
+
+
+def verify_written(tmp: Path, final: Path) -> None:
+    """Read back the header of a file just written: it must hold all the data it declares. ITK's NIfTI writer
+    does not report a short write (a full disk), so the file is checked here, before it is renamed."""
+    from .header_checks import check_image_file
+
+    try:
+        check_image_file(tmp, written=True)
+    except InputError as exc:
+        reason = os_reason_for_short_file(tmp)
+        if reason is not None:
+            raise write_failed(final, reason) from None
+        raise OutputError(f"cannot write {final}: the file came out incomplete ({exc}); nothing was written") from None
 
 
 def write_labelmap(
@@ -176,6 +202,6 @@ def _write_seg_nrrd(lab: Volume, path: Path, segs: list[dict[str, Any]]) -> Path
                 "extent": extent,
             }
         )
-    with atomic_output(path) as tmp:
+    with atomic_output(path, verify=lambda tmp: verify_written(tmp, path)) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation)
     return path
