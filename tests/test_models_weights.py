@@ -40,6 +40,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     cut_after: int | None = None
     send_length = True
     answer_416 = False
+    # a server (or cache in front of it) that answers a Range with 206 whatever If-Range says
+    ignore_if_range = False
+    last_modified: str | None = None
+    content_range: str | None = "bytes {start}-{end}/{total}"  # None: a 206 without Content-Range
+    range_start_shift = 0  # the 206 starts this many bytes before the asked offset
     requests: list = []
 
     def do_GET(self):  # noqa: N802
@@ -53,10 +58,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if rng and (if_range is None or if_range == self.etag):
-            start = int(rng.split("=")[1].split("-")[0])
+        if rng and (if_range is None or if_range in (self.etag, self.last_modified) or self.ignore_if_range):
+            start = int(rng.split("=")[1].split("-")[0]) - self.range_start_shift
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            if self.content_range:
+                self.send_header("Content-Range", self.content_range.format(start=start, end=len(data) - 1, total=len(data)))
         else:
             self.send_response(200)
         body = data[start:]
@@ -64,6 +70,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         if self.etag:
             self.send_header("ETag", self.etag)
+        if self.last_modified:
+            self.send_header("Last-Modified", self.last_modified)
         for k, v in self.extra_headers.items():
             self.send_header(k, v)
         self.end_headers()
@@ -91,6 +99,10 @@ def server():
     _Handler.cut_after = None
     _Handler.send_length = True
     _Handler.answer_416 = False
+    _Handler.ignore_if_range = False
+    _Handler.last_modified = None
+    _Handler.content_range = "bytes {start}-{end}/{total}"
+    _Handler.range_start_shift = 0
     _Handler.requests = []
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -208,6 +220,47 @@ def test_resume_after_the_server_file_changed_starts_again(tmp_path, server):
     _Handler.etag = '"v2"'
     path = wm.download(_spec(server))
     assert path.read_bytes() == _Handler.payload  # If-Range failed: the server sent the whole new file
+
+
+def _break_off_first_download(wm, spec):
+    _Handler.cut_after = 300_000
+    with pytest.raises(WeightsNotAvailableError, match="resume"):
+        wm.download(spec)
+    _Handler.cut_after = None
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_a_206_for_a_changed_file_is_not_joined_to_the_old_part(tmp_path, server, validator):
+    """Before: a server that answered the resumed Range with 206 despite If-Range (the file had changed:
+    new ETag / Last-Modified) got its new tail appended to the old head, and that mix was installed."""
+    if validator == "last_modified":
+        _Handler.etag = None
+        _Handler.last_modified = "Mon, 01 Jan 2024 00:00:00 GMT"
+    wm = WeightsManager(tmp_path)
+    _break_off_first_download(wm, _spec(server))
+    _Handler.payload = bytes(reversed(range(256))) * 4096
+    _Handler.ignore_if_range = True
+    if validator == "etag":
+        _Handler.etag = '"v2"'
+    else:
+        _Handler.last_modified = "Tue, 02 Jan 2024 00:00:00 GMT"
+    path = wm.download(_spec(server))
+    assert path.read_bytes() == _Handler.payload  # the whole new file, fetched again from byte 0
+    sent = '"v1"' if validator == "etag" else "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert _Handler.requests[-2] == {"range": "bytes=300000-", "if_range": sent}
+    assert _Handler.requests[-1] == {"range": None, "if_range": None}
+
+
+@pytest.mark.parametrize("content_range, shift", [(None, 1000), ("bytes {start}-{end}/{total}", 1000), ("bytes */{total}", 0)])
+def test_a_206_that_does_not_start_at_the_resume_offset_restarts(tmp_path, server, content_range, shift):
+    """Before: a 206 without Content-Range, or one starting elsewhere than the part's end, was appended as
+    if it continued the part (without Content-Range the mix was installed)."""
+    wm = WeightsManager(tmp_path)
+    _break_off_first_download(wm, _spec(server))
+    _Handler.content_range, _Handler.range_start_shift = content_range, shift
+    path = wm.download(_spec(server))
+    assert path.read_bytes() == _Handler.payload
+    assert _Handler.requests[-1] == {"range": None, "if_range": None}
 
 
 def test_no_length_and_no_digest_is_never_installed(tmp_path, server):

@@ -144,7 +144,7 @@ class WeightsManager:
         part = path.with_name(path.name + ".part")
         meta_file = path.with_name(path.name + ".part.json")
         meta = _read_json(meta_file) if part.exists() else None
-        validator = (meta or {}).get("etag") or (meta or {}).get("last_modified")
+        validator = _validator(meta)
         if part.exists() and (not validator or (meta or {}).get("url") != spec.url):
             part.unlink()  # nothing proves the server still has the same file: start again
             meta = None
@@ -170,6 +170,15 @@ class WeightsManager:
             server_sha = _server_sha256(headers)
             if have and response.status != 206:
                 have = done = 0  # the file changed (If-Range failed) or ranges are not served: start again
+            elif response.status == 206:
+                mismatch = _partial_mismatch(headers, have, meta)
+                if mismatch and have:  # never join two versions of a file: drop the part, fetch it whole
+                    part.unlink()
+                    meta_file.unlink(missing_ok=True)
+                    response.close()
+                    return self._download_locked(spec, path, progress, on_progress)
+                if mismatch:
+                    raise WeightsNotAvailableError(self._offline_message(spec, f"the server answered a whole-file request with part of it ({mismatch})"))
             total = _total_length(headers, response.status, have)
             _write_json(meta_file, {"url": spec.url, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
                                     "length": total, "sha256": server_sha})
@@ -235,6 +244,33 @@ def _write_json(path: Path, data: dict) -> None:
     from ..io.atomic import json_text, write_text_atomic
 
     write_text_atomic(path, json_text(data, indent=None))
+
+
+def _validator(meta: dict | None) -> str | None:
+    """What If-Range sends for a stored part: its strong ETag, else its Last-Modified (If-Range takes no weak ETag)."""
+    meta = meta or {}
+    etag = meta.get("etag")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):
+        return etag
+    modified = meta.get("last_modified")
+    return modified if isinstance(modified, str) and modified else None
+
+
+def _partial_mismatch(headers, have: int, meta: dict | None) -> str | None:
+    """Why a 206 does not continue the stored part (None when it does): its Content-Range must start at
+    ``have`` and its ETag (or, without one, its Last-Modified) must be the one the part was started with."""
+    m = re.match(r"bytes\s+(\d+)-\d+/(\d+|\*)\s*$", headers.get("Content-Range") or "")
+    if not m:
+        return f"Content-Range {headers.get('Content-Range')!r} is not 'bytes {have}-END/TOTAL'"
+    if int(m.group(1)) != have:
+        return f"it starts at byte {m.group(1)}, not {have}"
+    if not have:
+        return None
+    meta = meta or {}
+    key, header = ("etag", "ETag") if _validator(meta) == meta.get("etag") else ("last_modified", "Last-Modified")
+    if headers.get(header) != meta.get(key):
+        return f"its {header} {headers.get(header)!r} is not the part's {meta.get(key)!r}: the file changed"
+    return None
 
 
 def _total_length(headers, status: int, have: int) -> int | None:
