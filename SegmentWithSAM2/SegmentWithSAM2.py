@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.path)
 from SegmentWithSAM2Lib.engine_link import MODES, Settings
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
-from SegmentWithSAM2Lib.logic import describe_error, slice_node_for_point
+from SegmentWithSAM2Lib.logic import OverwriteDeclined, describe_error, slice_node_for_point
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -102,6 +102,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegmentWithSAM2Logic()
+        # asked before SAM2 writes over a segment's content that it did not write (declining writes nothing)
+        self.logic.confirmOverwrite = lambda question: slicer.util.confirmYesNoDisplay(question, windowTitle="SegmentWithSAM2")
         place = slicer.qSlicerMarkupsPlaceWidget
         for kind in ("positive", "negative", "box"):
             widget = getattr(self.ui, f"{kind}PlaceWidget")
@@ -246,8 +248,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = self._parameterNode.inputVolume
         if volume is None:
             raise ValueError("choose the input volume first")
-        if seg is None or not segmentId:
-            seg, segmentId = self.logic.prepareSegmentation(volume, seg)
+        if seg is None or not segmentId:  # none chosen (the selector starts at None): a new segment
+            seg, segmentId = self.logic.segmentFor(volume, seg, segmentId)
             self.ui.segmentSelector.setCurrentNode(seg)
             self.ui.segmentSelector.setCurrentSegmentID(segmentId)
         return volume, seg, segmentId
@@ -259,33 +261,39 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPromptPlaced(self, kind: str, node) -> None:
         with slicer.util.tryWithErrorDisplay("Could not use this prompt.", waitCursor=True):
-            volume, seg, segmentId = self._segment()
-            settings = self.settings()
-            if kind == "box":
-                centre = [0.0] * 3
-                node.GetCenterWorld(centre)
-                try:
-                    u = self.logic.addBox(volume, seg, segmentId, node, slice_node_for_point(centre, self._sliceNodes()), settings)
-                except Exception:
-                    node.RemoveAllControlPoints()  # a refused box is not left on screen as if it counted
-                    raise
-                if u is None:
-                    return  # the first of the box's two clicks
-                self._observePromptNode("box", self.logic.prompts.get("box"))
-            else:
-                n = node.GetNumberOfControlPoints() - 1
-                point = [0.0] * 3
-                node.GetNthControlPointPositionWorld(n, point)
-                node.SetNthControlPointDescription(n, segmentId)
-                try:
-                    self.logic.addPoints(volume, seg, segmentId, [point], [kind == "positive"],
-                                         slice_node_for_point(point, self._sliceNodes()), settings,
-                                         key=(node.GetID(), node.GetNthControlPointID(n)))
-                except Exception:
-                    node.RemoveNthControlPoint(n)  # a refused point is not left on screen as if it counted
-                    raise
-            self._status(f"{kind}: mask shown" + (f" ({self.logic.lastMessage})" if self.logic.lastMessage else ""))
-            self.logic.lastMessage = ""
+            try:
+                self._promptPlaced(kind, node)
+            except OverwriteDeclined as exc:  # the markup is removed already; the segment is unchanged
+                self._status(str(exc))
+
+    def _promptPlaced(self, kind: str, node) -> None:
+        volume, seg, segmentId = self._segment()
+        settings = self.settings()
+        if kind == "box":
+            centre = [0.0] * 3
+            node.GetCenterWorld(centre)
+            try:
+                u = self.logic.addBox(volume, seg, segmentId, node, slice_node_for_point(centre, self._sliceNodes()), settings)
+            except Exception:
+                node.RemoveAllControlPoints()  # a refused box is not left on screen as if it counted
+                raise
+            if u is None:
+                return  # the first of the box's two clicks
+            self._observePromptNode("box", self.logic.prompts.get("box"))
+        else:
+            n = node.GetNumberOfControlPoints() - 1
+            point = [0.0] * 3
+            node.GetNthControlPointPositionWorld(n, point)
+            node.SetNthControlPointDescription(n, segmentId)
+            try:
+                self.logic.addPoints(volume, seg, segmentId, [point], [kind == "positive"],
+                                     slice_node_for_point(point, self._sliceNodes()), settings,
+                                     key=(node.GetID(), node.GetNthControlPointID(n)))
+            except Exception:
+                node.RemoveNthControlPoint(n)  # a refused point is not left on screen as if it counted
+                raise
+        self._status(f"{kind}: mask shown" + (f" ({self.logic.lastMessage})" if self.logic.lastMessage else ""))
+        self.logic.lastMessage = ""
 
     def onPointMoved(self, caller, event) -> None:
         with slicer.util.tryWithErrorDisplay("Could not move this prompt.", waitCursor=True):
@@ -353,8 +361,12 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             start = self.logic.currentSlice(volume, seg, self._promptView(volume, seg)) if self.ui.fromCurrentSliceCheckBox.checked else None
             self.saveStateForUndo(seg, volume)
             self.ui.progressBar.setValue(0)
-            self.logic.startPropagation(volume, seg, self.settings(), segmentIds=ids, sliceRange=sliceRange,
-                                        onProgress=self._progress, onDone=self._propagated, onError=self._error, start=start)
+            try:
+                self.logic.startPropagation(volume, seg, self.settings(), segmentIds=ids, sliceRange=sliceRange,
+                                            onProgress=self._progress, onDone=self._propagated, onError=self._error, start=start)
+            except OverwriteDeclined as exc:
+                self._status(f"not propagated: {exc}")
+                return
             self._status("propagating ... (Cancel stops after the current slice)")
 
     def onTimer(self) -> None:

@@ -302,6 +302,13 @@ class SegmentationController:
             return self.session.start_propagation(**kwargs)
         return InlineJob(self.session, kwargs)
 
+    def take_back_last_prompt(self, segment_id: str) -> None:
+        """Withdraw the segment's newest prompt from the engine (its mask was not wanted); a segment
+        left without prompts is no object of the session any more."""
+        self.undo_last_prompt(segment_id)
+        if not any(p.segment_id == segment_id for p in self.prompts):
+            self.remove_segment(segment_id)
+
     def remove_segment(self, segment_id: str) -> None:
         label = self.labels.pop(segment_id, None)
         self.prompts = [p for p in self.prompts if p.segment_id != segment_id]

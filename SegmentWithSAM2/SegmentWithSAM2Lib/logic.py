@@ -48,6 +48,10 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest() + str(array.shape)
 
 
+class OverwriteDeclined(InputError):
+    """The user declined writing over a segment's existing content: nothing was written."""
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user sees: the error's own, with advice naming options the module shows."""
     text = str(exc) or type(exc).__name__
@@ -253,6 +257,12 @@ class SegmentWithSAM2Logic:
         self._closing: list[tuple[PropagationTask, SegmentationController | None]] = []  # jobs ending on the server
         self.prompts = PromptNodes(self.scene)
         self.lastMessage = ""
+        # Asked before SAM2 writes over content of a segment that it did not write (the user's own
+        # segment): ``confirmOverwrite(question) -> bool``; the widget passes a Qt question dialog.
+        # None: nobody to ask (the Python console), writes go ahead.
+        self.confirmOverwrite: Callable[[str], bool] | None = None
+        self._trusted: set[tuple[str, str]] = set()  # (segmentation, segment): created here, or the user said yes
+        self._written: dict[tuple[str, str], set[tuple[int, int]]] = {}  # (voxel axis, slice) this logic wrote
 
     # ------------------------------------------------------------ sessions
     @property
@@ -325,6 +335,7 @@ class SegmentWithSAM2Logic:
         c = self.controllerFor(volumeNode, segmentationNode, settings)
         u = c.add_points(segmentId, pointsRas, positive, slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
                          world_to_local(volumeNode), key=key)
+        self._confirmPromptWrite(c, u, segmentationNode, volumeNode)
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
@@ -336,6 +347,7 @@ class SegmentWithSAM2Logic:
         c = self.controllerFor(volumeNode, segmentationNode, settings)
         u = c.add_box(segmentId, corners, slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()),
                       world_to_local(volumeNode), key=(roi.GetID(), "box"))
+        self._confirmPromptWrite(c, u, segmentationNode, volumeNode)
         self.prompts.retire_box(roi, segmentId)
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
@@ -350,6 +362,7 @@ class SegmentWithSAM2Logic:
         view = view_slice(s2r, c.volume, c.ijk_to_ras, w2l)
         current = read_slab(segmentationNode, segmentId, volumeNode, view.voxel_axis, view.index, view.index)
         u = c.add_mask(segmentId, current, s2r, w2l)
+        self._trusted.add((segmentationNode.GetID(), segmentId))  # the user chose to work from this segment
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
@@ -451,6 +464,7 @@ class SegmentWithSAM2Logic:
         if c.session is None or not c.labels:
             raise InputError("place a point or a box on a slice first")
         ids = list(c.labels) if segmentIds is None else list(segmentIds)
+        self._confirmPropagationWrites(c, [s for s in ids if s in c.labels], segmentationNode, volumeNode)
         before = c.result_masks([s for s in ids if s in c.labels])
         job = c.start_propagation(settings.direction, segment_ids=ids, slice_range=sliceRange,
                                   stop_after=settings.stopAfter or None, start=start)
@@ -511,6 +525,9 @@ class SegmentWithSAM2Logic:
                 self._close(c)
         if running is not None and not any(t is running for t, _ in self._closing):
             self._closing.append((running, None))
+        if volumeNode is None:  # the scene is closing (node ids are used again): forget which segments were ours
+            self._trusted.clear()
+            self._written.clear()
         self.prompts.clear()
 
     @staticmethod
@@ -532,8 +549,7 @@ class SegmentWithSAM2Logic:
         return sum(self._writeDiffering(segmentationNode, u.segment_id, volumeNode, u.voxel_axis, u.first, u.mask_kji)
                    for u in merge_runs(updates))
 
-    @staticmethod
-    def _writeDiffering(segmentationNode, segmentId, volumeNode, axis: int, first: int, slab_kji: np.ndarray) -> int:
+    def _writeDiffering(self, segmentationNode, segmentId, volumeNode, axis: int, first: int, slab_kji: np.ndarray) -> int:
         """Write the runs of slices of ``slab_kji`` (slices first.. along ``axis``) that differ from the segment."""
         slab_kji = np.asarray(slab_kji, bool)
         k_axis = 2 - axis  # the slices' axis in [k, j, i] order
@@ -545,6 +561,7 @@ class SegmentWithSAM2Logic:
             sub: list[Any] = [slice(None)] * 3
             sub[k_axis] = slice(f, l + 1)
             write_slab(segmentationNode, segmentId, volumeNode, axis, first + f, first + l, slab_kji[tuple(sub)])
+            self._written.setdefault((segmentationNode.GetID(), segmentId), set()).update((axis, n) for n in range(first + f, first + l + 1))
             written += l - f + 1
         return written
 
@@ -581,5 +598,71 @@ class SegmentWithSAM2Logic:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
-        segmentId = segmentation.GetSegmentIdBySegmentName(segmentName) or segmentation.AddEmptySegment("", segmentName)
+        segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
+        if not segmentId:  # a segment made here is SAM2's to write (an existing one of that name is asked about)
+            segmentId = segmentation.AddEmptySegment("", segmentName)
+            self._trusted.add((segmentationNode.GetID(), segmentId))
         return segmentationNode, segmentId
+
+    def segmentFor(self, volumeNode, segmentationNode=None, segmentId: str | None = None):
+        """The segment prompts go into: the one chosen, or, when none is chosen, a new segment (in the
+        chosen segmentation, else in a new one). An existing segment is never picked for the user."""
+        if volumeNode is None:
+            raise InputError("choose the input volume first")
+        if segmentationNode is not None and segmentId:
+            if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+                raise InputError(f"segment {segmentId!r} is not in {segmentationNode.GetName()}; choose a segment, or none for a new one")
+            return segmentationNode, segmentId
+        segmentation = segmentationNode.GetSegmentation() if segmentationNode is not None else None
+        n = 1 if segmentation is None else segmentation.GetNumberOfSegments() + 1
+        while segmentation is not None and segmentation.GetSegmentIdBySegmentName(f"SAM2 segment {n}"):
+            n += 1
+        return self.prepareSegmentation(volumeNode, segmentationNode, f"SAM2 segment {n}")
+
+    # ------------------------------------------------------- overwrite guard
+    def _foreignSlices(self, segmentationNode, segmentId, volumeNode, axis: int, first: int, new_kji: np.ndarray | None) -> list[int]:
+        """Slices first.. along ``axis`` where the segment has content this logic did not write and
+        (with ``new_kji``) the write would change it."""
+        k_axis = 2 - axis
+        n = new_kji.shape[k_axis] if new_kji is not None else volumeNode.GetImageData().GetDimensions()[axis]
+        current = read_slab(segmentationNode, segmentId, volumeNode, axis, first, first + n - 1)
+        other = tuple(x for x in range(3) if x != k_axis)
+        touched = current.any(axis=other)
+        if new_kji is not None:
+            touched &= np.any(current != np.asarray(new_kji, bool), axis=other)
+        ours = self._written.get((segmentationNode.GetID(), segmentId), set())
+        return [first + d for d in np.flatnonzero(touched) if (axis, first + d) not in ours]
+
+    def _ask(self, segmentationNode, segmentId, slices: list[int], what: str) -> None:
+        """Ask before writing over the user's content; a no raises OverwriteDeclined, a yes makes the
+        segment SAM2's for the rest of this scene."""
+        if not slices or self.confirmOverwrite is None:
+            return
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        name = segment.GetName() if segment is not None else segmentId
+        shown = ", ".join(str(s) for s in slices[:5]) + (" ..." if len(slices) > 5 else "")
+        question = (f"Segment '{name}' of {segmentationNode.GetName()} already has content on {len(slices)} slice(s) "
+                    f"(volume slice {shown}) that SAM2 did not write. {what} Write over it?\n"
+                    "No keeps the segment unchanged; choose no segment (None) to start a new one.")
+        if not self.confirmOverwrite(question):
+            raise OverwriteDeclined(f"segment '{name}' was kept unchanged (writing over its content was declined)")
+        self._trusted.add((segmentationNode.GetID(), segmentId))
+
+    def _confirmPromptWrite(self, controller: SegmentationController, update: SliceUpdate, segmentationNode, volumeNode) -> None:
+        """Before a prompt's mask is written into a segment with content SAM2 did not write: ask. A no
+        takes the prompt back from the engine, and nothing is written."""
+        if (segmentationNode.GetID(), update.segment_id) in self._trusted:
+            return
+        slices = self._foreignSlices(segmentationNode, update.segment_id, volumeNode, update.voxel_axis, update.first, update.mask_kji)
+        try:
+            self._ask(segmentationNode, update.segment_id, slices, "The prompt's mask replaces it on that slice.")
+        except OverwriteDeclined:
+            controller.take_back_last_prompt(update.segment_id)
+            raise
+
+    def _confirmPropagationWrites(self, controller: SegmentationController, segmentIds, segmentationNode, volumeNode) -> None:
+        """Before a propagation starts: ask about each segment with content SAM2 did not write."""
+        for sid in segmentIds:
+            if (segmentationNode.GetID(), sid) not in self._trusted:
+                slices = self._foreignSlices(segmentationNode, sid, volumeNode, controller.voxel_axis, 0, None)
+                self._ask(segmentationNode, sid, slices, "Propagating replaces it on the slices SAM2 reaches.")
