@@ -329,3 +329,26 @@ def test_fsync_failure_is_an_output_error(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"cannot write .*a\.json: No space left on device \(ENOSPC\)"):
         atomic.write_json_atomic(tmp_path / "a.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A real small disk: a 256 kB tmpfs (needs root and mount; skipped where the system refuses it)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({run.stderr.strip() or run.returncode}); the RLIMIT_FSIZE tests cover short writes")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz", "ct.nrrd", "ct.mha"])
+def test_full_disk_fails_with_enospc_and_leaves_nothing(full_disk, totalseg, capsys, name):
+    out = full_disk / name
+    err = _cli_fails(capsys, ["convert", str(totalseg / "example_ct_sm.nii.gz"), str(out)],
+                     f"cannot write {out}", "No space left on device (ENOSPC)")
+    assert "wrote" not in err
+    assert list(full_disk.iterdir()) == []
