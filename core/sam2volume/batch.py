@@ -20,7 +20,7 @@ from .errors import InputError, Sam2VolumeError, check_count
 from .io.atomic import check_output, remove_partials, split_suffix, write_json_atomic
 from .io.readers import IMAGE_SUFFIXES
 from .io.writers import output_kind
-from .run_folder import ResumeWarning, check_settings, folder_lock, take_part
+from .run_folder import ResumeWarning, check_folder, check_settings, folder_lock, make_writable_folder, take_part
 
 
 def _stem(path: Path) -> str:
@@ -139,6 +139,7 @@ def batch(
                 "stop_after": stop_after, "window": window, "suffix": suffix, "png": bool(png),
                 "prompts": str(Path(prompts).resolve()) if prompts is not None else None,
                 "prompts_dir": str(Path(prompts_dir).resolve()) if prompts_dir is not None else None}
+    check_folder(out_dir, "batch folder", files=(SETTINGS_FILE, "batch_report.json"))
     check_settings(out_dir / SETTINGS_FILE, settings, "batch")
     plan = take_part(plan, num_parts, part_id)  # a shard, into the same folder
     todo, finished, redone = [], [], []
@@ -152,7 +153,7 @@ def batch(
             redone.append({"input": str(image), "reason": why})
             warnings.warn(f"{report_path(out)}: report not trusted, {why}; segmenting {image} again", ResumeWarning, stacklevel=2)
         todo.append(item)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_writable_folder(out_dir, "batch folder")
     with folder_lock(out_dir, f"batch folder {out_dir}", shard=num_parts > 1):
         remove_partials(out_dir)  # left by a killed run
         if not (out_dir / SETTINGS_FILE).is_file():

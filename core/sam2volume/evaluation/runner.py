@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError, Sam2VolumeError, check_count
 from ..io.atomic import NULL_NOTE, remove_partials, write_json_atomic
-from ..run_folder import LOCK_NAME, check_settings, folder_lock, take_part
+from ..run_folder import LOCK_NAME, check_folder, check_settings, folder_lock, make_writable_folder, take_part
 from ..metrics import DEFAULT_TOLERANCE_MM, score
 from .case_records import ResumeWarning, read_record, settings_digest
 from .datasets import Case, Dataset, read_dataset
@@ -39,6 +39,8 @@ from .tables import write_tables
 from .vocabulary import NSD_TOLERANCES_MM
 
 ENGINES = ("sam2", "baseline")
+RUN_SUBFOLDERS = ("cases", "overlays", "predictions", "plots")
+RUN_FILES = ("run.json", "scores.csv", "summary.csv", "drift.csv", "drift_summary.csv", "report.json")
 
 
 def resolve_tolerances(spec: str | float | None, dataset: Dataset) -> tuple[str, dict[str, float], float]:
@@ -161,11 +163,12 @@ def evaluate(
         "limit": limit,
     }
     settings_file = run_dir / "run.json"
+    check_folder(run_dir, "run folder", RUN_SUBFOLDERS, RUN_FILES)
     if settings_file.is_file():
         check_settings(settings_file, settings, "run")
     elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise InputError(f"{run_dir} is not empty and holds no run of ours (no run.json); give a new or empty -o folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_writable_folder(run_dir, "run folder")
     if server is not None:  # sessions on a `sam2volume serve` engine server (``server`` URL, ``token``)
         from ..client import RemoteEngine
 
@@ -188,6 +191,8 @@ def _trusted_records(run_dir: Path, case_ids: list[str], digest: str, engines: l
     Each distrusted record is warned about once (ResumeWarning): redone by this run (``redo``) or by its shard's."""
     trusted, rejected = {}, []
     for case_id in case_ids:
+        if redo and _case_file(run_dir, case_id).is_dir():
+            raise InputError(f"{_case_file(run_dir, case_id)} is a folder where case {case_id!r} keeps its record; move it away or give a new -o folder")
         record, why = read_record(_case_file(run_dir, case_id), case_id, digest, engines, objects)
         if record is not None:
             trusted[case_id] = record
