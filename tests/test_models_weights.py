@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -355,3 +356,73 @@ def test_config_yaml_that_does_not_parse(tmp_path):
     cfg.write_text("model:\n  a: b: c\n")
     with pytest.raises(ModelError, match="broken.yaml.*is not valid YAML"):
         build_predictor(engine_config(config_file=str(cfg)))
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """Makes mounts for a test (a read-only bind mount, a tiny tmpfs) and undoes them; skips where this
+    user cannot mount (root in a container without CAP_SYS_ADMIN, any other user)."""
+    import shutil
+
+    made = []
+
+    def _mount(target, *options):
+        target.mkdir(parents=True, exist_ok=True)
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+        made.append(target)
+        return target
+
+    yield _mount
+    for target in reversed(made):
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def _cache_case(tmp_path, mount, case):
+    if case == "a file on its path":
+        (tmp_path / "not_a_folder").write_text("x")
+        return tmp_path / "not_a_folder" / "cache", "cannot be made: .*not_a_folder is a file"
+    if case == "read-only file system":
+        (tmp_path / "src").mkdir()
+        root = mount(tmp_path / "ro", "--bind", "-o", "ro", str(tmp_path / "src"))
+        if os.access(root, os.W_OK):  # an older mount(8) ignores ro on the first bind
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(root)], check=True)
+        return root, "is not writable"
+    if os.geteuid() == 0:  # mode bits do not stop root
+        pytest.skip("a folder without write permission is writable for root")
+    root = tmp_path / "locked"
+    root.mkdir(mode=0o555)
+    return root, "is not writable"
+
+
+@pytest.mark.parametrize("case", ["a file on its path", "read-only file system", "no write permission"])
+def test_unwritable_cache_is_a_clear_error_before_downloading(tmp_path, server, mount, case):
+    """Before: mkdir / the lock file raised NotADirectoryError, OSError (EROFS) or PermissionError, a traceback."""
+    root, why = _cache_case(tmp_path, mount, case)
+    with pytest.raises(WeightsNotAvailableError, match=rf"model cache folder {root} {why}.*point SAM2VOLUME_CACHE at a writable folder"):
+        WeightsManager(root).download(_spec(server))
+    assert _Handler.requests == []  # refused before the network
+
+
+def test_full_cache_disk_says_so_and_keeps_the_part(tmp_path, server, mount):
+    """Before: a full disk was reported as a broken-off download ('run again to resume'), as if the network failed."""
+    root = mount(tmp_path / "small", "-t", "tmpfs", "-o", "size=256k", "tmpfs")
+    with pytest.raises(WeightsNotAvailableError, match=rf"model cache folder {root} cannot be written \(No space left on device.*free space"):
+        WeightsManager(root).download(_spec(server))
+    assert not (root / "sam2.1_hiera_tiny.pt").exists() and (root / "sam2.1_hiera_tiny.pt.part").exists()  # resumable
+
+
+def test_cli_unwritable_cache_exits_2_in_one_line(tmp_path, capsys, monkeypatch):
+    """Before: `models download` with SAM2VOLUME_CACHE under a regular file ended in a NotADirectoryError traceback."""
+    from sam2volume.cli import main
+
+    (tmp_path / "not_a_folder").write_text("x")
+    monkeypatch.setenv("SAM2VOLUME_CACHE", str(tmp_path / "not_a_folder" / "cache"))
+    monkeypatch.delenv("SAM2VOLUME_OFFLINE", raising=False)
+    assert main(["models", "download", "sam2.1-hiera-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "not_a_folder is a file; point SAM2VOLUME_CACHE at a writable folder" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

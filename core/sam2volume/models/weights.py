@@ -132,13 +132,45 @@ class WeightsManager:
         """
         if spec.url is None:
             raise ModelError(f"{spec.name} has no download address")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.check_writable()
         path = self.path_for(spec)
-        with FileLock(path.with_name(path.name + ".lock"), f"the download of {path.name}", wait=lock_wait, on_wait=on_wait):
+        lock = FileLock(path.with_name(path.name + ".lock"), f"the download of {path.name}", wait=lock_wait, on_wait=on_wait)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:
+            raise self._not_writable(exc) from None
+        try:
             if path.exists() and self._record_path(spec).exists():  # another process finished it meanwhile
                 self.verify(spec, path)
                 return path
             return self._download_locked(spec, path, progress, on_progress)
+        finally:
+            lock.release()
+
+    def check_writable(self) -> None:
+        """Refuse, before any download, a cache folder that cannot be made or written (a file on its
+        path, no write permission, a read-only file system)."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise WeightsNotAvailableError(
+                f"the model cache folder {self.root} cannot be made: {existing} is a file; "
+                "point SAM2VOLUME_CACHE at a writable folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise WeightsNotAvailableError(
+                f"the model cache folder {self.root} is not writable ({existing} is read-only for this user); "
+                "point SAM2VOLUME_CACHE at a writable folder, or download the checkpoint elsewhere and put it there"
+            )
+
+    def _not_writable(self, exc: OSError) -> WeightsNotAvailableError:
+        return WeightsNotAvailableError(
+            f"the model cache folder {self.root} cannot be written ({exc.strerror or exc}"
+            f"{': ' + str(exc.filename) if exc.filename else ''}); "
+            "point SAM2VOLUME_CACHE at a writable folder with free space"
+        )
 
     def _download_locked(self, spec: ModelSpec, path: Path, progress: bool, on_progress) -> Path:
         part = path.with_name(path.name + ".part")
@@ -180,17 +212,24 @@ class WeightsManager:
                 if mismatch:
                     raise WeightsNotAvailableError(self._offline_message(spec, f"the server answered a whole-file request with part of it ({mismatch})"))
             total = _total_length(headers, response.status, have)
-            _write_json(meta_file, {"url": spec.url, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
-                                    "length": total, "sha256": server_sha})
+            try:
+                _write_json(meta_file, {"url": spec.url, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                                        "length": total, "sha256": server_sha})
+                fh = open(part, "ab" if have else "wb")
+            except OSError as exc:
+                raise self._not_writable(exc) from None
             chunked = bool(getattr(response, "chunked", False))
             bar = _progress_bar(total, have, spec.filename) if progress else None
             try:
-                with open(part, "ab" if have else "wb") as fh:
+                with fh:
                     while True:
                         block = response.read(CHUNK)
                         if not block:
                             break
-                        fh.write(block)
+                        try:
+                            fh.write(block)
+                        except OSError as exc:  # a full disk: the part is kept, to resume once there is room
+                            raise self._not_writable(exc) from None
                         done += len(block)
                         if bar is not None:
                             bar.update(len(block))
@@ -226,8 +265,11 @@ class WeightsManager:
             )
         record = {"sha256": actual, "url": spec.url, "verified_against": expected, "bytes": size,
                   "note": None if expected else "no digest was published for this file: only its length was checked"}
-        _write_json(self._record_path(spec), record)
-        os.replace(part, path)
+        try:
+            _write_json(self._record_path(spec), record)
+            os.replace(part, path)
+        except OSError as exc:
+            raise self._not_writable(exc) from None
         meta_file.unlink(missing_ok=True)
         return path
 
