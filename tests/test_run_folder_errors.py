@@ -113,3 +113,19 @@ def test_a_normal_resume_passes_the_folder_checks(dataset, tmp_path):
     assert main(_evaluate(dataset, run)) == 0
     assert main(_evaluate(dataset, run)) == 0
     assert json.loads((run / "report.json").read_text())["resumed"]["cases_already_done"] == 1
+
+
+def test_compare_with_a_run_json_nested_too_deeply(dataset, tmp_path, capsys):
+    for name in ("r1", "r2"):
+        assert main(_evaluate(dataset, tmp_path / name)) == 0
+    (tmp_path / "r2/run.json").write_text(DEEP)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r2")]) == 2
+    assert f"{tmp_path / 'r2/run.json'} is corrupt" in _one_error_line(capsys, "compare")
+
+
+def test_a_dataset_label_file_nested_too_deeply(dataset, tmp_path, capsys):
+    (dataset / "labels.json").write_text(DEEP)
+    assert main(_evaluate(dataset, tmp_path / "run")) == 2
+    assert "labels.json: cannot read it as JSON (nested too deeply)" in _one_error_line(capsys, "evaluate")
+    assert not (tmp_path / "run").exists()

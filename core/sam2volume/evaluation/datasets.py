@@ -140,8 +140,8 @@ def _modality(text: str) -> str:
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it as JSON ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON or not UTF-8
+        raise InputError(f"{path}: cannot read it as JSON ({'nested too deeply' if isinstance(exc, RecursionError) else exc})") from None
 
 
 # ------------------------------------------------------------------ readers

@@ -174,11 +174,22 @@ def read_scores(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings in a run folder's run.json ({} without one); a file that is not a run's settings stops with its name."""
+    f = run_dir / "run.json"
+    if not f.is_file():
+        return {}
+    try:
+        settings = json.loads(f.read_text(encoding="utf-8")).get("settings", {})
+        if not isinstance(settings, dict):
+            raise ValueError("no settings object")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        raise InputError(f"{f} is corrupt; cannot tell what the run measured (restore it or rerun the evaluation)") from None
+    return settings
+
+
 def _main_engine(run_dir: Path) -> str:
-    meta = run_dir / "run.json"
-    if meta.is_file():
-        return json.loads(meta.read_text(encoding="utf-8"))["settings"]["engine"]
-    return "sam2"
+    return str(run_settings(run_dir).get("engine", "sam2"))
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, metric: str = "dice", engine_a: str | None = None, engine_b: str | None = None) -> list[dict[str, Any]]:
@@ -219,15 +230,8 @@ COMPARED_SETTINGS = ("dataset", "protocol", "tolerances", "objects", "axis", "st
 def run_differences(run_a: str | Path, run_b: str | Path, metric: str = "dice") -> list[str]:
     """What differs between two runs' settings and cases, one line each, so a comparison says what it
     compares. NSD under different tolerance tables measures different things: that is an error."""
-    def settings(d: Path) -> dict[str, Any]:
-        f = d / "run.json"
-        try:
-            return json.loads(f.read_text(encoding="utf-8")).get("settings", {}) if f.is_file() else {}
-        except ValueError:
-            raise InputError(f"{f} is corrupt; cannot tell what the run measured") from None
-
     a_dir, b_dir = Path(run_a), Path(run_b)
-    sa, sb = settings(a_dir), settings(b_dir)
+    sa, sb = run_settings(a_dir), run_settings(b_dir)
     notes = [f"{k} differs: A {sa.get(k)!r}, B {sb.get(k)!r}" for k in COMPARED_SETTINGS if sa.get(k) != sb.get(k)]
     if metric == "nsd" and sa.get("tolerances") != sb.get("tolerances"):
         raise InputError(f"NSD of {a_dir} and {b_dir} uses different tolerance tables ({sa.get('tolerances')!r} vs "
