@@ -310,8 +310,9 @@ def compose_model(config_name: str, overrides: dict[str, Any]) -> dict[str, Any]
 
 
 #: the classes a model config may build, by their exact qualified names: SAM2's model classes as its
-#: packaged configs name them (plus ``Attention``, RoPEAttention's base). The root is always set to
-#: one of our predictor classes (:func:`model_overrides`). Nothing is imported by a name from a config.
+#: packaged configs name them (plus ``Attention``, RoPEAttention's base). The root may also name
+#: upstream's video predictors; it is always built as one of ours (:func:`model_overrides`). Nothing is
+#: imported by a name from a config.
 ALLOWED_TARGETS = (
     "sam2.modeling.sam2_base.SAM2Base",
     "sam2.modeling.backbones.image_encoder.ImageEncoder",
@@ -340,7 +341,7 @@ def allowed_classes() -> dict[str, type]:
     for name in ALLOWED_TARGETS:
         module, _, attr = name.rpartition(".")
         classes[name] = getattr(importlib.import_module(module), attr)
-    for cls in (CachedVideoPredictor, CompiledVideoPredictor):
+    for cls in (SAM2VideoPredictor, SAM2VideoPredictorVOS, CachedVideoPredictor, CompiledVideoPredictor):
         classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
     for name, cls in classes.items():
         if not isinstance(cls, type) or f"{cls.__module__}.{cls.__qualname__}" != name:
