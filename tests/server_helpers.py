@@ -25,6 +25,38 @@ def local_server(*args: str, random_weights: bool = False) -> Iterator[Any]:
         server.stop()
 
 
+@contextlib.contextmanager
+def serve_process(*args: str, token_dir: Any, timeout: float = 120.0) -> Iterator[Any]:
+    """``sam2volume serve --host 127.0.0.1 --port 0 ARGS`` as it is run by hand (no --token-file unless in ARGS),
+    its generated token written under ``token_dir``; yields (url, ready-file dict, log path), stopped afterwards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    folder = Path(token_dir)
+    ready, log = folder / "ready.json", folder / "serve.log"
+    env = {**os.environ, "SAM2VOLUME_TOKEN_DIR": str(folder / "tokens")}
+    env.pop("SAM2VOLUME_TOKEN", None)
+    cmd = [sys.executable, "-m", "sam2volume", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+           "--ready-file", str(ready), *args]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        assert wait_for(lambda: ready.is_file() or proc.poll() is not None, timeout), "serve did not start"
+        assert proc.poll() is None, log.read_text()
+        info = json.loads(ready.read_text())
+        yield SimpleNamespace(url=info["url"], ready=info, log=log, process=proc, token=None)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
 def raw(server: Any, method: str, path: str, body: Any = None, *, token: Any = True, headers: dict[str, str] | None = None,
         timeout: float = 30.0) -> tuple[int, Any]:
     """One request with http.client; returns (status, parsed JSON or raw bytes)."""
@@ -38,6 +70,9 @@ def raw(server: Any, method: str, path: str, body: Any = None, *, token: Any = T
         hdrs["Authorization"] = f"Bearer {token}"
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    elif body:  # as the client sends a volume upload (the server refuses bodies of other types)
+        hdrs.setdefault("Content-Type", "application/octet-stream")
     try:
         conn.request(method, path, body=body, headers=hdrs)
         resp = conn.getresponse()

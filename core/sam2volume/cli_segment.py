@@ -50,7 +50,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", help="run the engine on a `sam2volume serve` server at this URL (e.g. http://gpu-box:8765)")
-    p.add_argument("--token-file", help="the server's token (default: the SAM2VOLUME_TOKEN variable)")
+    p.add_argument("--token-file", help="the server's token (default: the SAM2VOLUME_TOKEN variable, then for a loopback "
+                   "--server the token that server wrote for itself)")
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def _status_of(exc: Sam2VolumeError) -> int:
     return 500
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
+    """The application; ``bind_host`` (the address it listens on) decides the Host names it answers to (guards.py)."""
     pool = ModelPool(config)
     volumes = VolumeStore(config)
     registry = SessionRegistry(config, volumes)
@@ -69,10 +70,16 @@ def create_app(config: ServerConfig) -> FastAPI:
             ready()
         yield
         registry.shutdown()
+        stopped = getattr(app.state, "on_shutdown", None)
+        if stopped is not None:
+            stopped()
 
     app = FastAPI(title="sam2volume engine server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.pool, app.state.volumes, app.state.registry = pool, volumes, registry
+    from .guards import HostPolicy, WebGuard
+
+    app.add_middleware(WebGuard, policy=HostPolicy(bind_host, config.allow_hosts))  # what a web page may not send
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)

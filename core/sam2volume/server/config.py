@@ -34,6 +34,9 @@ class ServerConfig:
     volume_ttl_s: float = 300.0  #: an uploaded volume no session uses is kept this long (re-opening skips the upload)
     reaper_interval_s: float = 5.0
     max_wait_s: float = 10.0  #: longest long-poll of job events
+    keep_alive_s: float = 30.0  #: a connection without a whole request header for this long is closed (--keep-alive-timeout)
+    allow_hosts: list[str] = field(default_factory=list)  #: Host names beyond the bound address's (--allow-host; guards.py)
+    write_local_token: bool = False  #: ``token`` was made for this run: write it for local clients (token_files.py)
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_upload_bytes", "max_voxels", "max_stored_bytes", "max_body_bytes"):
@@ -44,6 +47,11 @@ class ServerConfig:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
         if (self.checkpoint is None) != (self.config_file is None):
             raise InputError("a custom model needs both --checkpoint FILE.pt and --config FILE.yaml")
+        if not 0 < float(self.keep_alive_s) < float("inf"):
+            raise InputError(f"--keep-alive-timeout must be a positive number of seconds, got {self.keep_alive_s}")
+        from .guards import check_allow_host
+
+        self.allow_hosts = [check_allow_host(name) for name in self.allow_hosts]
 
 
 def is_loopback(host: str) -> bool:
@@ -67,7 +75,10 @@ def read_token_file(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"token file {path} does not exist; {TOKEN_HOWTO}")
-    token = p.read_text(encoding="utf-8").strip()
+    from .token_files import read_token_text, warn_if_shared
+
+    token = read_token_text(p)  # InputError for an unreadable or non-UTF-8 file
     if len(token) < 16 or any(c.isspace() for c in token):
         raise InputError(f"token file {path} must hold one token of at least 16 characters without spaces; {TOKEN_HOWTO}")
+    warn_if_shared(p)  # one line in the log when group or others may read it
     return token
