@@ -49,6 +49,14 @@ BAD_JSON = {
 BAD_TEXT = {
     "integer too large for a float": ('{"objects": [{"name": "a", "points": [[1' + "0" * 400 + ', 5, 5]]}]}', "finite numbers"),
     "deeply nested": ('{"objects": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+    # JSON readers keep the last of a repeated key: the file would not say what it seems to say
+    "duplicate key in a point": ('{"objects": [{"name": "a", "points": [[5, 5, 5]]}, {"name": "b", "label": 2, "points": '
+                                 '[{"position": [5, 5, 5], "positive": true, "positive": false}]}]}',
+                                 "key 'positive' appears twice in objects[1].points[0]; keep one of them"),
+    "duplicate object name key": ('{"objects": [{"name": "liver", "name": "spleen", "points": [[5, 5, 5]]}]}',
+                                  "key 'name' appears twice in objects[0]"),
+    "duplicate top-level key": ('{"objects": [{"name": "a", "points": [[5, 5, 5]]}], "objects": [{"name": "b", "points": [[6, 6, 6]]}]}',
+                                "key 'objects' appears twice in the top-level object"),
 }
 
 

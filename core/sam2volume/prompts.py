@@ -191,6 +191,40 @@ def parse_prompts(data: dict[str, Any], source: str = "prompts", base_dir: Path 
 MAX_PROMPTS_BYTES = 16 * 2**20
 
 
+class _Object(dict):
+    """A JSON object as read from a prompts file, with the keys it held more than once."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _keep_duplicates(pairs: list[tuple[str, Any]]) -> _Object:
+    out = _Object()
+    repeated = []
+    for key, value in pairs:
+        if key in out:
+            repeated.append(key)
+        out[key] = value
+    out.duplicates = tuple(dict.fromkeys(repeated))
+    return out
+
+
+def _first_duplicate(value: Any, where: str) -> tuple[str, str] | None:
+    """(where, key) of the first object in document order that repeats a key."""
+    if isinstance(value, _Object):
+        if value.duplicates:
+            return where, value.duplicates[0]
+        children: Any = ((f"{where}.{k}" if where else k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{where}[{n}]", v) for n, v in enumerate(value))
+    else:
+        return None
+    for child_where, child in children:
+        found = _first_duplicate(child, child_where)
+        if found is not None:
+            return found
+    return None
+
+
 def load_prompts(path: str | Path) -> PromptSet:
     p = Path(path)
     if not p.is_file():
@@ -198,13 +232,17 @@ def load_prompts(path: str | Path) -> PromptSet:
     if p.stat().st_size > MAX_PROMPTS_BYTES:
         raise InputError(f"{p}: {p.stat().st_size} bytes is too large for a prompts file (at most {MAX_PROMPTS_BYTES})")
     try:
-        data = json.loads(p.read_bytes().decode("utf-8"))
+        data = json.loads(p.read_bytes().decode("utf-8"), object_pairs_hook=_keep_duplicates)
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: not UTF-8 text ({exc}); save the prompts file as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InputError(f"{p}: JSON nested too deeply to be a prompts file") from None
+    duplicate = _first_duplicate(data, "")
+    if duplicate is not None:  # JSON readers keep only the last value of a repeated key: refuse the ambiguity
+        where, key = duplicate
+        raise InputError(f"{p}: key {key!r} appears twice in {where or 'the top-level object'}; keep one of them")
     return parse_prompts(data, str(p), p.parent)
 
 
