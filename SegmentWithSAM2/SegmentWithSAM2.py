@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.path)
-from SegmentWithSAM2Lib.engine_link import MODES, Settings
+from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
 from SegmentWithSAM2Lib.logic import OverwriteDeclined, describe_error, slice_node_for_point
 
@@ -58,10 +58,10 @@ class SegmentWithSAM2(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class SegmentWithSAM2ParameterNode:
+    """What the scene keeps. Mode, server URL and token are application settings (the widget's
+    ``connection``), never here: a scene saved to .mrml must not hold the token."""
+
     inputVolume: vtkMRMLScalarVolumeNode
-    mode: Annotated[str, Choice(MODES)] = "local"
-    serverUrl: str = ""
-    serverToken: str = ""
     engine: Annotated[str, Choice(ENGINES)] = "sam2"
     model: Annotated[str, Choice(list(MODELS))] = DEFAULT_MODEL
     device: Annotated[str, Choice(DEVICES)] = "auto"
@@ -115,6 +115,11 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.createSegmentButton.connect("clicked(bool)", self.onCreateSegment)
         self.ui.initializeButton.connect("clicked(bool)", self.onInitialize)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self._loadConnection()
+        self.ui.modeComboBox.connect("currentIndexChanged(int)", lambda _: self._saveConnection())
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self._saveConnection)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self._saveConnection)
         self.ui.undoPromptButton.connect("clicked(bool)", self.onUndoPrompt)
         self.ui.fromSegmentButton.connect("clicked(bool)", self.onFromSegment)
         self.ui.useRangeCheckBox.connect("toggled(bool)", lambda on: self.ui.sliceRangeWidget.setEnabled(on))
@@ -172,8 +177,41 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     def settings(self) -> Settings:
-        """The parameters, read here on the GUI thread, as an immutable snapshot."""
-        return Settings.read(self._parameterNode)
+        """The parameters, read here on the GUI thread, as an immutable snapshot (the connection from
+        the application settings' widgets, the rest from the parameter node)."""
+        return Settings.read(self._parameterNode, **self.connection())
+
+    # ------------------------------------------------------------ connection
+    def connection(self) -> dict:
+        """Mode, server URL and token as the widgets show them (kept in application settings)."""
+        return {"mode": self.ui.modeComboBox.currentText, "serverUrl": self.ui.serverUrlLineEdit.text.strip(),
+                "serverToken": self.ui.serverTokenLineEdit.text.strip()}
+
+    def _loadConnection(self) -> None:
+        qs = slicer.app.settings()
+        mode = str(qs.value(f"{SETTINGS_GROUP}/mode", "local"))
+        self.ui.modeComboBox.setCurrentIndex(max(0, self.ui.modeComboBox.findText(mode)))
+        self.ui.serverUrlLineEdit.text = str(qs.value(f"{SETTINGS_GROUP}/serverUrl", ""))
+        self.ui.serverTokenLineEdit.text = str(qs.value(f"{SETTINGS_GROUP}/serverToken", ""))
+
+    def _saveConnection(self) -> None:
+        qs = slicer.app.settings()
+        for name, value in self.connection().items():
+            qs.setValue(f"{SETTINGS_GROUP}/{name}", value)
+
+    def onTestConnection(self) -> None:
+        """Whether the server answers and takes the token (a few seconds at most: short timeouts)."""
+        from SegmentWithSAM2Lib.engine_link import check_connection
+
+        self._saveConnection()
+        c = self.connection()
+        server = self.logic.link.server
+        if c["mode"] == "local" and (server is None or not server.alive()):
+            self._status("local mode: no local engine server is running yet; Initialize starts it")
+            return
+        url, token = (server.url, server.token) if c["mode"] == "local" else (c["serverUrl"], c["serverToken"])
+        with slicer.util.tryWithErrorDisplay("Connection test failed.", waitCursor=True):
+            self._status(check_connection(url, token, timeout=3.0))
 
     # ---------------------------------------------------------- dependencies
     def checkDependencies(self) -> bool:
@@ -385,8 +423,9 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._status(f"{what}: {task.written} slices written")
 
     def onCancel(self) -> None:
-        self.logic.cancel()
-        self._status("cancelling after the current slice ...")
+        self.logic.cancel()  # returns within about a second, even when the server does not answer
+        if self.logic.busy:  # else it ended here already, and its message is shown
+            self._status("cancelling after the current slice ...")
 
     def onReset(self) -> None:
         volume = self._parameterNode.inputVolume if self._parameterNode else None

@@ -14,15 +14,23 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 MODES = ["local", "remote"]
 LOCAL_IDLE_TIMEOUT_S = 4 * 3600  # a session untouched this long is freed (a safety net: the module closes its own)
 
 
+#: where the engine is: application settings (QSettings in the widget), never the parameter node, so that
+#: a saved scene holds no token and the mode and URL stay from one Slicer session to the next
+CONNECTION_FIELDS = ("mode", "serverUrl", "serverToken")
+SETTINGS_GROUP = "SegmentWithSAM2"  # QSettings keys: SegmentWithSAM2/mode, .../serverUrl, .../serverToken
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the logic needs from the parameter node, read once on the GUI thread."""
+    """Everything the logic needs, read once on the GUI thread: the parameter node's fields and the
+    connection (:data:`CONNECTION_FIELDS`) from the application settings."""
 
     mode: str = "local"
     engine: str = "sam2"
@@ -37,9 +45,15 @@ class Settings:
     serverToken: str = ""
 
     @classmethod
-    def read(cls, source: Any) -> "Settings":
-        """A snapshot of ``source``'s attributes of the same names (the parameter node)."""
-        return cls(**{name: getattr(source, name) for name in cls.__dataclass_fields__ if hasattr(source, name)})
+    def read(cls, source: Any, **connection: str) -> "Settings":
+        """A snapshot of ``source``'s attributes of the same names (the parameter node), with the
+        connection passed in (mode, serverUrl, serverToken: never read from ``source``)."""
+        unknown = set(connection) - set(CONNECTION_FIELDS)
+        if unknown:
+            raise TypeError(f"not connection settings: {', '.join(sorted(unknown))} (only {', '.join(CONNECTION_FIELDS)})")
+        fields = {name: getattr(source, name) for name in cls.__dataclass_fields__
+                  if name not in CONNECTION_FIELDS and hasattr(source, name)}
+        return cls(**fields, **connection)
 
     def session_key(self) -> tuple:
         """The settings a session depends on (changing one needs a new session; encodeAhead is part
@@ -48,9 +62,39 @@ class Settings:
                 self.encodeAhead if self.engine == "sam2" else None)
 
 
-def slicer_python() -> str:
-    """Slicer's own Python (PythonSlicer, on PATH inside Slicer), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+def slicer_python(launchers: tuple[str | None, ...] | None = None) -> str:
+    """The interpreter for the local engine server: Slicer's real Python, else this interpreter.
+
+    Slicer's ``PythonSlicer`` (on PATH inside Slicer; also Slicer's ``sys.executable``) is a CTK launcher:
+    it sets the environment from its launcher settings and starts ``python-real`` beside it as a child,
+    forwarding no signal, so stopping the launcher would leave the server running. Inside Slicer the
+    environment already is Slicer's (the application set PYTHONHOME, PYTHONPATH and the library paths
+    from the same launcher settings), so ``python-real`` started with it runs as PythonSlicer would.
+    Where there is no ``python-real``, the launcher is used: the server's parent watch still ends it.
+    """
+    if launchers is None:
+        launchers = (shutil.which("PythonSlicer"), sys.executable)
+    for launcher in launchers:
+        if not launcher:
+            continue
+        path = Path(launcher)
+        if path.stem.lower() == "pythonslicer":
+            real = path.with_name("python-real" + path.suffix)
+            return str(real) if real.is_file() else str(path)
+    return sys.executable
+
+
+def check_connection(url: str, token: str | None = None, timeout: float = 5.0) -> str:
+    """"Test connection": whether a sam2volume server answers at ``url`` and takes ``token``, within
+    ``timeout`` s per request. Returns a one-line summary; raises with the reason otherwise."""
+    from sam2volume.client import check_server
+
+    if not url:
+        raise ValueError("no server URL: type the remote server's address (Server URL), e.g. http://gpu-host:8765")
+    info = check_server(url, token or None, timeout=timeout)
+    models = ", ".join(m["name"] for m in info.get("models", [])) or "none"
+    return (f"connected to sam2volume {info.get('version', '?')} at {url}: token accepted, device {info.get('device', '?')}, "
+            f"models {models}")
 
 
 class EngineLink:

@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from .session_base import PropagationReport, SessionBase
 from .volume import Volume
 from .windowing import Window
 
-__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server", "read_token"]
+__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server", "read_token", "check_server"]
 
 #: EngineConfig fields a remote session sends (the server picks the device; paths never travel)
 _CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed",
@@ -55,19 +56,16 @@ class ServerError(Sam2VolumeError):
         self.url, self.status, self.kind = url, status, kind
 
 
-def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None, url: str | None = None) -> str | None:
-    """The token: given, else from ``token_file``, else ``$SAM2VOLUME_TOKEN``, else, for a loopback ``url``,
-    the one a ``sam2volume serve`` on that port wrote for itself (:mod:`sam2volume.server.token_files`), else None."""
-    from .server.token_files import local_token_for, read_token_text
-
+def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str | None:
+    """The token: given, else from ``token_file``, else ``$SAM2VOLUME_TOKEN``, else None."""
     if token:
         return token
     if token_file:
         p = Path(token_file)
         if not p.is_file():
             raise InputError(f"token file {p} does not exist")
-        return read_token_text(p) or None  # InputError (one sentence) for an unreadable or non-UTF-8 file
-    return os.environ.get("SAM2VOLUME_TOKEN") or (local_token_for(url) if url else None)
+        return p.read_text(encoding="utf-8").strip() or None
+    return os.environ.get("SAM2VOLUME_TOKEN") or None
 
 
 class _Http:
@@ -102,8 +100,6 @@ class _Http:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        elif body is not None:
-            headers["Content-Type"] = "application/octet-stream"  # a volume upload; the server refuses other types
         timeout = self.timeout if timeout is None else timeout
         where = f"{method} {self._base}{path}"
         with self._lock:
@@ -294,8 +290,7 @@ class RemoteSession(SessionBase):
     The volume is uploaded once (compressed, with its geometry, under its SHA-256: a second session
     on the same volume skips the upload). ``config`` is an EngineConfig (model, image size, dtype,
     ...; never a server-side path, and the server picks the device); ``engine`` is ``sam2`` or
-    ``baseline``. ``token`` defaults to ``$SAM2VOLUME_TOKEN``, then (loopback URL) the token a local
-    ``sam2volume serve`` wrote for itself.
+    ``baseline``. ``token`` defaults to ``$SAM2VOLUME_TOKEN``.
     """
 
     def __init__(
@@ -321,7 +316,7 @@ class RemoteSession(SessionBase):
         settings = self._config_settings(config) if engine == "sam2" else None
         self._masks: dict[int, dict[int, np.ndarray]] = {}
         self._closed = False
-        self._http = _Http(url, read_token(token, url=url), timeout)
+        self._http = _Http(url, read_token(token), timeout)
         self._http.check_server()
         self.volume_id = volume_id(volume)
         self.uploaded = self._upload()
@@ -474,6 +469,18 @@ class RemoteSession(SessionBase):
         self.close()
 
 
+def check_server(url: str, token: str | None = None, *, timeout: float = 5.0) -> dict[str, Any]:
+    """Whether a sam2volume server answers at ``url`` (``GET /health``, same API version) and takes
+    ``token`` (``GET /v1/models``), each request within ``timeout`` s. Returns /health's answer with the
+    models' (``models``, ``device``, ...); raises ServerError (``kind`` ``AuthError`` for the token)."""
+    http_ = _Http(url, read_token(token), timeout)
+    try:
+        info = http_.check_server()
+        return {**info, **http_.json("GET", f"/v{API_VERSION}/models")}
+    finally:
+        http_.close()
+
+
 # ---------------------------------------------------------------------------- local server
 class LocalServer:
     """A ``sam2volume serve`` process on loopback, started by :func:`start_local_server`."""
@@ -492,14 +499,47 @@ class LocalServer:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            self.process.terminate()
+        """End the server and every process of its group, even behind a launcher that forwards no signal.
+
+        Closing its stdin lets the server shut itself down (``--exit-with-stdin``); SIGTERM goes to the
+        whole process group (the launcher and the real interpreter); what is left after ``timeout`` s is
+        killed. Windows: the process is terminated (a job object for its children is a TODO)."""
+        proc = self.process
+        if proc.stdin is not None and not proc.stdin.closed:
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+                proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        self._signal_group(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        while self._group_alive() and time.monotonic() < deadline:  # the real interpreter may outlive its launcher
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+        proc.wait()
         (self.folder / "token").unlink(missing_ok=True)
+
+    def _signal_group(self, sig: int) -> None:
+        if os.name != "posix":
+            if self.alive():
+                self.process.terminate() if sig == signal.SIGTERM else self.process.kill()
+            return
+        try:
+            os.killpg(self.process.pid, sig)  # its own session's group: start_local_server starts it so
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _group_alive(self) -> bool:
+        if os.name != "posix":
+            return self.alive()
+        try:
+            os.killpg(self.process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def __enter__(self) -> "LocalServer":
         return self
@@ -510,12 +550,17 @@ class LocalServer:
 
 def start_local_server(python: str = sys.executable, *, device: str = "auto", model: str | None = None,
                        engine_args: Sequence[str] = (), timeout: float = 120.0, allow_random_weights: bool = False,
-                       log_file: str | os.PathLike[str] | None = None) -> LocalServer:
+                       log_file: str | os.PathLike[str] | None = None, parent_pid: int | None = None) -> LocalServer:
     """Start ``sam2volume serve`` with ``python`` on a free loopback port, with a fresh random token.
 
     Waits until ``GET /health`` answers; raises ServerError naming the command and the log's tail if
     the process exits or does not come up within ``timeout`` s. ``engine_args`` are more ``serve``
     options (limits, ``--idle-timeout``...). The child finds this copy of sam2volume first.
+
+    The server lives only as long as its parent: its stdin is a pipe this process holds
+    (``--exit-with-stdin``), and on POSIX it also watches ``parent_pid`` (default: this process;
+    ``--parent-pid``), so a crash or kill of this process ends it too. It runs in its own process group
+    (POSIX) that :meth:`LocalServer.stop` ends as a whole.
     """
     folder = Path(tempfile.mkdtemp(prefix="sam2volume-server-"))
     token = secrets.token_urlsafe(32)
@@ -525,7 +570,9 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     ready = folder / "ready.json"
     log = Path(log_file) if log_file else folder / "server.log"
     cmd = [str(python), "-m", "sam2volume", "serve", "--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file),
-           "--ready-file", str(ready), "--device", device]
+           "--ready-file", str(ready), "--device", device, "--exit-with-stdin"]
+    if os.name == "posix":
+        cmd += ["--parent-pid", str(os.getpid() if parent_pid is None else parent_pid)]
     if model:
         cmd += ["--model", model]
     if allow_random_weights:
@@ -535,7 +582,8 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     pkg_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        group = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env, **group)
     server = LocalServer("", token, proc, folder, log, cmd)
     deadline = time.monotonic() + timeout
     while not ready.is_file():
@@ -559,7 +607,7 @@ class RemoteEngine:
     """Sessions on one server for a run over many volumes (``evaluate --server``): one open at a time."""
 
     def __init__(self, url: str, token: str | None = None):
-        self.url, self.token = url, read_token(token, url=url)
+        self.url, self.token = url, read_token(token)
         self._open: RemoteSession | None = None
 
     def session(self, volume: Volume, axis: str = "axial", config: Any = None, *, engine: str = "sam2",

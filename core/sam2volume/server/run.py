@@ -38,8 +38,9 @@ def url_of(sock: socket.socket) -> str:
 
 
 def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, *, ready_file: str | None = None,
-          log_level: str = "info", on_ready: Any = None) -> None:
-    """Run until interrupted. ``ready_file`` gets ``{"url", "pid"}`` (atomically) once it listens."""
+          log_level: str = "info", on_ready: Any = None, parent_pid: int | None = None, exit_with_stdin: bool = False) -> None:
+    """Run until interrupted. ``ready_file`` gets ``{"url", "pid"}`` (atomically) once it listens.
+    ``parent_pid`` / ``exit_with_stdin``: also stop when that process ends or stdin closes (see :mod:`.lifetime`)."""
     import uvicorn
 
     from .app import create_app
@@ -47,47 +48,25 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, *, re
     check_bind(host, config.token)
     sock = bind(host, port)
     url = url_of(sock)
-    token_file = None
-    if config.write_local_token and config.token:  # for clients on this machine (token_files.py), removed at the end
-        from .token_files import write_local_token
-
-        try:
-            token_file = write_local_token(sock.getsockname()[1], config.token)
-        except BaseException:
-            sock.close()
-            raise
-
-    def forget_token() -> None:
-        if token_file is not None:
-            from .token_files import remove_local_token
-
-            remove_local_token(token_file, config.token or "")
-
-    app = create_app(config, bind_host=host)
+    app = create_app(config)
 
     def ready() -> None:
         if ready_file:
             from ..io.atomic import write_text_atomic
 
-            write_text_atomic(Path(ready_file), json.dumps({"url": url, "pid": os.getpid(),
-                                                            **({"token_file": str(token_file)} if token_file else {})}))
+            write_text_atomic(Path(ready_file), json.dumps({"url": url, "pid": os.getpid()}))
         log.info("sam2volume server listening on %s (token %s)", url, "required" if config.token else "off: loopback only")
-        if token_file is not None:
-            log.info("token for clients on this machine in %s (clients of %s without a token read it; a new one each start)",
-                     token_file, url)
         if on_ready is not None:
             on_ready(url)
 
     app.state.on_ready = ready
-    # at shutdown: uvicorn then ends the process with the signal that stopped it, and no finally runs
-    app.state.on_shutdown = forget_token
-    from .connections import IdleClosingH11
-
-    uconfig = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=config.keep_alive_s, http=IdleClosingH11,
-                             server_header=False, lifespan="on")
+    uconfig = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30, server_header=False, lifespan="on")
     server = uvicorn.Server(uconfig)
+    if parent_pid is not None or exit_with_stdin:
+        from .lifetime import watch_parent
+
+        watch_parent(lambda: setattr(server, "should_exit", True), parent_pid=parent_pid, exit_with_stdin=exit_with_stdin)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        forget_token()  # also when start-up failed
