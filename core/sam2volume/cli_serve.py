@@ -9,7 +9,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the engine server that RemoteSession, Slicer and --server talk to")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; any other needs --token-file)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port, reported in --ready-file)")
-    p.add_argument("--token-file", help="file holding the token clients must send (required beyond loopback)")
+    p.add_argument("--token-file", help="file holding the token clients must send (required beyond loopback; on loopback "
+                   "the default is a new token in ~/.config/sam2volume/tokens/loopback-PORT.token, README 'Engine server')")
+    p.add_argument("--no-token", action="store_true",
+                   help="loopback only: no token at all (then any process or user of this machine can use the server)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another name clients reach the server by, accepted in the Host header (repeat)")
+    p.add_argument("--keep-alive-timeout", type=float, default=30.0,
+                   help="seconds a connection may stay open without sending a whole request (default 30)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (all sessions share it)")
     p.add_argument("--model", action="append", default=[], help="registry model clients may use (repeat; the first is the default)")
     p.add_argument("--checkpoint", help="a custom checkpoint on this machine, served as model 'custom' (with --config)")
@@ -36,11 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
+    import secrets
 
-    from .server.config import ServerConfig, check_bind, read_token_file
+    from .errors import InputError
+    from .server.config import ServerConfig, check_bind, is_loopback, read_token_file
     from .server.run import serve
 
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.token_file and args.no_token:
+        raise InputError("--token-file and --no-token contradict each other; give one of them")
     token = read_token_file(args.token_file) if args.token_file else None
+    generated = token is None and not args.no_token and is_loopback(args.host)
+    if generated:  # a token on loopback too: web pages and other users of this machine cannot use the server
+        token = secrets.token_urlsafe(32)
     check_bind(args.host, token)  # before anything heavy
     if args.parent_pid is not None:
         from .server.lifetime import check_parent_pid
@@ -54,8 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * mb), max_voxels=args.max_voxels, max_stored_bytes=int(args.max_stored_mb * mb),
         max_body_bytes=int(args.max_body_mb * mb), idle_timeout_s=args.idle_timeout, volume_ttl_s=args.volume_ttl,
         reaper_interval_s=args.reaper_interval,
+        keep_alive_s=args.keep_alive_timeout, allow_hosts=args.allow_host, write_local_token=generated,
     )
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(config, args.host, args.port, ready_file=args.ready_file, log_level=args.log_level, parent_pid=args.parent_pid,
           exit_with_stdin=args.exit_with_stdin)
     return 0

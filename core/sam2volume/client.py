@@ -56,16 +56,19 @@ class ServerError(Sam2VolumeError):
         self.url, self.status, self.kind = url, status, kind
 
 
-def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str | None:
-    """The token: given, else from ``token_file``, else ``$SAM2VOLUME_TOKEN``, else None."""
+def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None, url: str | None = None) -> str | None:
+    """The token: given, else from ``token_file``, else ``$SAM2VOLUME_TOKEN``, else, for a loopback ``url``,
+    the one a ``sam2volume serve`` on that port wrote for itself (:mod:`sam2volume.server.token_files`), else None."""
+    from .server.token_files import local_token_for, read_token_text
+
     if token:
         return token
     if token_file:
         p = Path(token_file)
         if not p.is_file():
             raise InputError(f"token file {p} does not exist")
-        return p.read_text(encoding="utf-8").strip() or None
-    return os.environ.get("SAM2VOLUME_TOKEN") or None
+        return read_token_text(p) or None  # InputError (one sentence) for an unreadable or non-UTF-8 file
+    return os.environ.get("SAM2VOLUME_TOKEN") or (local_token_for(url) if url else None)
 
 
 class _Http:
@@ -100,6 +103,8 @@ class _Http:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
+        elif body is not None:
+            headers["Content-Type"] = "application/octet-stream"  # a volume upload; the server refuses other types
         timeout = self.timeout if timeout is None else timeout
         where = f"{method} {self._base}{path}"
         with self._lock:
@@ -290,7 +295,8 @@ class RemoteSession(SessionBase):
     The volume is uploaded once (compressed, with its geometry, under its SHA-256: a second session
     on the same volume skips the upload). ``config`` is an EngineConfig (model, image size, dtype,
     ...; never a server-side path, and the server picks the device); ``engine`` is ``sam2`` or
-    ``baseline``. ``token`` defaults to ``$SAM2VOLUME_TOKEN``.
+    ``baseline``. ``token`` defaults to ``$SAM2VOLUME_TOKEN``, then (loopback URL) the token a local
+    ``sam2volume serve`` wrote for itself.
     """
 
     def __init__(
@@ -316,7 +322,7 @@ class RemoteSession(SessionBase):
         settings = self._config_settings(config) if engine == "sam2" else None
         self._masks: dict[int, dict[int, np.ndarray]] = {}
         self._closed = False
-        self._http = _Http(url, read_token(token), timeout)
+        self._http = _Http(url, read_token(token, url=url), timeout)
         self._http.check_server()
         self.volume_id = volume_id(volume)
         self.uploaded = self._upload()
@@ -607,7 +613,7 @@ class RemoteEngine:
     """Sessions on one server for a run over many volumes (``evaluate --server``): one open at a time."""
 
     def __init__(self, url: str, token: str | None = None):
-        self.url, self.token = url, read_token(token)
+        self.url, self.token = url, read_token(token, url=url)
         self._open: RemoteSession | None = None
 
     def session(self, volume: Volume, axis: str = "axial", config: Any = None, *, engine: str = "sam2",

@@ -48,19 +48,44 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, *, re
     check_bind(host, config.token)
     sock = bind(host, port)
     url = url_of(sock)
-    app = create_app(config)
+    token_file = None
+    if config.write_local_token and config.token:  # for clients on this machine (token_files.py), removed at the end
+        from .token_files import write_local_token
+
+        try:
+            token_file = write_local_token(sock.getsockname()[1], config.token)
+        except BaseException:
+            sock.close()
+            raise
+
+    def forget_token() -> None:
+        if token_file is not None:
+            from .token_files import remove_local_token
+
+            remove_local_token(token_file, config.token or "")
+
+    app = create_app(config, bind_host=host)
 
     def ready() -> None:
         if ready_file:
             from ..io.atomic import write_text_atomic
 
-            write_text_atomic(Path(ready_file), json.dumps({"url": url, "pid": os.getpid()}))
+            write_text_atomic(Path(ready_file), json.dumps({"url": url, "pid": os.getpid(),
+                                                            **({"token_file": str(token_file)} if token_file else {})}))
         log.info("sam2volume server listening on %s (token %s)", url, "required" if config.token else "off: loopback only")
+        if token_file is not None:
+            log.info("token for clients on this machine in %s (clients of %s without a token read it; a new one each start)",
+                     token_file, url)
         if on_ready is not None:
             on_ready(url)
 
     app.state.on_ready = ready
-    uconfig = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30, server_header=False, lifespan="on")
+    # at shutdown: uvicorn then ends the process with the signal that stopped it, and no finally runs
+    app.state.on_shutdown = forget_token
+    from .connections import IdleClosingH11
+
+    uconfig = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=config.keep_alive_s, http=IdleClosingH11,
+                             server_header=False, lifespan="on")
     server = uvicorn.Server(uconfig)
     if parent_pid is not None or exit_with_stdin:
         from .lifetime import watch_parent
@@ -70,3 +95,4 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, *, re
         server.run(sockets=[sock])
     finally:
         sock.close()
+        forget_token()  # also when start-up failed
