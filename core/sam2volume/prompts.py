@@ -98,7 +98,8 @@ def check_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise _fail(where, f"name must be a non-empty string, got {name!r}")
     if len(name) > MAX_NAME or any(not ch.isprintable() for ch in name):
-        raise _fail(where, f"name {name!r} must be one line of printable characters, at most {MAX_NAME} long")
+        shown = repr(name) if len(name) <= MAX_NAME else f"{name[:40]!r}... ({len(name)} characters)"
+        raise _fail(where, f"name {shown} must be one line of printable characters, at most {MAX_NAME} long")
     return name
 
 

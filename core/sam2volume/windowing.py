@@ -6,6 +6,7 @@ range of non-zero voxels. An explicit width/level overrides both.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ class Window:
         if not width > 0:
             raise InputError(f"window width must be positive, got {width}")
         return cls(level - width / 2.0, level + width / 2.0)
+
+    @classmethod
+    def checked(cls, low: float, high: float) -> "Window":
+        """A window from its bounds, refused unless both are finite and ``low < high``."""
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise InputError(f"window low {low} and high {high} must be finite numbers with low < high")
+        return cls(float(low), float(high))
 
     def apply(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Window ``array`` into float32 [0, 1] (a new array, or ``out``)."""

@@ -7,14 +7,18 @@ the ``X-Sam2volume-Api`` header and one of another version gets a 400 that says 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
+import math
 import re
 import secrets
 from typing import Any, AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +30,7 @@ from .config import ServerConfig
 from .hosted import HostedSession
 from .pool import ModelPool
 from .requests import AddBox, AddMask, AddObject, AddPoints, OpenSession, StartJob, parse
-from .store import Busy, LimitError, NotFound, SessionRegistry, VolumeStore, rss_bytes
+from .store import Busy, LimitError, NotFound, RequestIdReused, SessionRegistry, VolumeStore, rss_bytes
 from .wire import ArrayDecoder, encode_array, pack_mask, scores_to_json, unpack_mask, volume_from
 
 log = logging.getLogger("sam2volume.server")
@@ -101,6 +105,16 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:
         return _error(409, "Busy", str(exc))
+
+    @app.exception_handler(RequestIdReused)
+    async def _reused(request: Request, exc: RequestIdReused) -> JSONResponse:
+        return _error(409, "RequestIdReused", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_params(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # path and query parameters (e.g. ?after=abc): the documented JSON error, not FastAPI's 422 {"detail": ...}
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))} {repr(e.get('input'))[:80]}: {e.get('msg')}" for e in exc.errors()[:5]]
+        return _error(400, "InputError", f"bad {request.method} {request.url.path} request: " + "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -180,7 +194,9 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
         return {**registry.stats(), **volumes.stats(), "rss_bytes": rss_bytes(), "limits": {
             "max_sessions": config.max_sessions, "max_upload_bytes": config.max_upload_bytes,
             "max_voxels": config.max_voxels, "max_body_bytes": config.max_body_bytes,
-            "idle_timeout_s": config.idle_timeout_s}}
+            "idle_timeout_s": config.idle_timeout_s, "upload_timeout_s": config.upload_timeout_s,
+            "max_image_size": config.max_image_size, "max_feature_cache_mb": config.max_feature_cache_mb,
+            "max_encode_ahead": config.max_encode_ahead, "max_encode_batch": config.max_encode_batch}}
 
     # --------------------------------------------------------------- volumes
     def check_vid(vid: str) -> None:
@@ -205,27 +221,43 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_upload_bytes:
             raise LimitError(f"volume upload of {declared} bytes is over the server's limit of {config.max_upload_bytes} bytes (--max-upload-mb)")
-        reserved = []
+        reserved = [0]  # bytes of this upload's share of --max-stored-mb: what has been inflated so far
 
         def check(header: dict[str, Any]) -> None:
-            n = int(np.prod(header["shape"]))
+            n = math.prod(header["shape"])  # Python ints: a product that would wrap int64 is refused too
             if n > config.max_voxels:
                 raise LimitError(f"volume of shape {header['shape']} has {n} voxels, over the server's limit of "
                                  f"{config.max_voxels} voxels (--max-voxels); crop or downsample it")
             nbytes = n * np.dtype(header["dtype"]).itemsize
-            volumes.reserve(nbytes)
-            reserved.append(nbytes)
+            if nbytes > config.max_stored_bytes:
+                raise LimitError(f"volume of shape {header['shape']} takes {nbytes} bytes, over the server's limit of "
+                                 f"{config.max_stored_bytes} bytes of stored volumes (--max-stored-mb); crop or downsample it")
 
-        dec = ArrayDecoder(check)
-        size, pending = 0, []
+        def grow(nbytes: int) -> None:  # reserve as the voxels arrive: a stalled upload holds only what it sent
+            volumes.reserve(nbytes)
+            reserved[0] += nbytes
+
+        dec = ArrayDecoder(check, grow)
+        size, pending, npending = 0, [], 0
+        chunks = request.stream().__aiter__()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), config.upload_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise LimitError(f"volume upload sent nothing for {config.upload_timeout_s:g} s (after {size} bytes) "
+                                     "and was aborted (--upload-timeout); send it again", 408) from None
                 size += len(chunk)
                 if size > config.max_upload_bytes:
                     raise LimitError(f"volume upload is over the server's limit of {config.max_upload_bytes} compressed bytes (--max-upload-mb)")
                 pending.append(chunk)
-                if sum(len(c) for c in pending) >= 1 << 22:
-                    data, pending = b"".join(pending), []
+                npending += len(chunk)
+                # each chunk goes to the decoder until the header line is in (its limits are checked first); then
+                # the data is inflated off the event loop in pieces of 4 MiB
+                if dec.header is None or npending >= 1 << 22:
+                    data, pending, npending = b"".join(pending), [], 0
                     await run_in_threadpool(dec.feed, data)
             await run_in_threadpool(dec.feed, b"".join(pending))
             header, array = dec.finish()
@@ -233,8 +265,7 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
                 raise InputError(f"uploaded volume's SHA-256 {dec.hasher.hexdigest()} differs from its id {vid} (corrupted in transit?)")
             volume = volume_from(header, array)
         except BaseException:
-            if reserved:
-                volumes.unreserve(reserved[0])
+            volumes.unreserve(reserved[0])
             raise
         volumes.put(vid, volume, reserved[0])
         log.info("volume %s stored: shape %s %s, %d bytes compressed", vid[:12], header["shape"], header["dtype"], size)
@@ -252,8 +283,9 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             from ..windowing import Window
 
             cfg = pool.engine_config(req.config) if req.engine == "sam2" else None
-            window = Window(req.window.low, req.window.high) if req.window is not None else None
+            window = Window.checked(req.window.low, req.window.high) if req.window is not None else None
             volume = volumes.acquire(req.volume)
+            predictor = None
             try:
                 if req.engine == "baseline":
                     from ..baseline import BaselineSession
@@ -264,11 +296,20 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
                     from ..session import Session
 
                     lock = pool.lock(pool.device)
-                    session = Session(volume, req.axis, cfg, predictor=pool.predictor(cfg), window=window, model_lock=lock)
+                    predictor = pool.predictor(cfg)  # one user more; given back when the session closes
+                    session = Session(volume, req.axis, cfg, predictor=predictor, window=window, model_lock=lock)
             except BaseException:
                 volumes.release(req.volume)
+                if predictor is not None:
+                    pool.release(cfg)
                 raise
-            return HostedSession(sid, req.engine, session, lock, req.volume, volumes.release)
+
+            def release(vid: str) -> None:
+                volumes.release(vid)
+                if cfg is not None:
+                    pool.release(cfg)
+
+            return HostedSession(sid, req.engine, session, lock, req.volume, release)
 
         h = await run_in_threadpool(registry.add, make)
         s = h.session
@@ -284,13 +325,18 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             hosted(sid)  # raises NotFound
         return {"closed": sid}
 
-    def run(sid: str, fn: Any, request: Request | None = None) -> Any:
+    def what(request: Request, data: bytes) -> str:
+        """The endpoint and body of a request: a replayed X-Request-Id must come with the same."""
+        return f"{request.method} {request.url.path} #{hashlib.sha256(data).hexdigest()}"
+
+    def run(sid: str, fn: Any, request: Request | None = None, data: bytes = b"") -> Any:
         """``fn(engine session)`` under the session's locks; a request sent again with the same
-        X-Request-Id (a client retrying after a dropped connection) gets the first answer, not a second prompt."""
+        X-Request-Id, endpoint and body (a client retrying after a dropped connection) gets the first answer,
+        not a second prompt; the same id with another endpoint or body gets 409 RequestIdReused."""
         rid = request.headers.get(REQUEST_ID) if request is not None else None
         h = hosted(sid)
         with h.call() as session:
-            return h.once(rid, lambda: fn(session))
+            return h.once(rid, lambda: fn(session), what(request, data) if request is not None else "")
 
     def prompt_reply(session: Any, label: int, mask: np.ndarray) -> dict[str, Any]:
         obj = session.objects[label]
@@ -298,38 +344,45 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
 
     @v1.post("/sessions/{sid}/objects")
     async def add_object(sid: str, request: Request) -> dict[str, Any]:
-        req = parse(AddObject, await body(request))
-        obj = await run_in_threadpool(run, sid, lambda s: s.add_object(req.label, req.name, req.color), request)
+        data = await body(request)
+        req = parse(AddObject, data)
+        obj = await run_in_threadpool(run, sid, lambda s: s.add_object(req.label, req.name, req.color), request, data)
         return {"label": obj.label, "name": obj.name, "color": obj.color}
 
     @v1.post("/sessions/{sid}/points")
     async def add_points(sid: str, request: Request) -> dict[str, Any]:
-        req = parse(AddPoints, await body(request))
+        data = await body(request)
+        req = parse(AddPoints, data)
 
         def work(s: Any) -> dict[str, Any]:
             m = s.add_points(req.label, req.points, req.point_labels, coords="frame", slice_index=req.slice, name=req.name)
             return prompt_reply(s, req.label, m)
 
-        return await run_in_threadpool(run, sid, work, request)
+        return await run_in_threadpool(run, sid, work, request, data)
 
     @v1.post("/sessions/{sid}/box")
     async def add_box(sid: str, request: Request) -> dict[str, Any]:
-        req = parse(AddBox, await body(request))
+        data = await body(request)
+        req = parse(AddBox, data)
 
         def work(s: Any) -> dict[str, Any]:
             return prompt_reply(s, req.label, s.add_box(req.label, req.box, slice_index=req.slice, name=req.name))
 
-        return await run_in_threadpool(run, sid, work, request)
+        return await run_in_threadpool(run, sid, work, request, data)
 
     @v1.post("/sessions/{sid}/mask")
     async def add_mask(sid: str, request: Request) -> dict[str, Any]:
-        req = parse(AddMask, await body(request))
+        data = await body(request)
+        req = parse(AddMask, data)
         mask = unpack_mask(req.mask)
+        if not mask.any():  # as a prompts file's mask: an empty one is refused
+            raise InputError(f"the mask for object {req.label} on slice {req.slice} is empty; give at least one pixel "
+                             "of the object (or remove the object instead)")
 
         def work(s: Any) -> dict[str, Any]:
             return prompt_reply(s, req.label, s.add_mask(req.label, mask, req.slice, name=req.name))
 
-        return await run_in_threadpool(run, sid, work, request)
+        return await run_in_threadpool(run, sid, work, request, data)
 
     @v1.delete("/sessions/{sid}/objects/{label}")
     async def remove_object(sid: str, label: int, request: Request) -> dict[str, Any]:
@@ -356,10 +409,11 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
     # ------------------------------------------------------------------ jobs
     @v1.post("/sessions/{sid}/jobs")
     async def start_job(sid: str, request: Request) -> dict[str, Any]:
-        req = parse(StartJob, await body(request))
+        data = await body(request)
+        req = parse(StartJob, data)
         h = hosted(sid)
         # bad arguments end the job at once with the engine's InputError (the client checks them first)
-        job = h.start_job(request.headers.get(REQUEST_ID), direction=req.direction, objects=req.objects, start=req.start,
+        job = h.start_job(request.headers.get(REQUEST_ID), what(request, data), direction=req.direction, objects=req.objects, start=req.start,
                           slice_range=tuple(req.slice_range) if req.slice_range is not None else None, stop_after=req.stop_after)
         registry.add_job(job)  # again for a retried request: the same job
         return {"job": job.id}
@@ -369,7 +423,8 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
         job = registry.job(jid)
         if after < 0 or not wait >= 0:
             raise InputError(f"after ({after}) and wait ({wait}) must not be negative")
-        return await run_in_threadpool(job.events, after, min(wait, config.max_wait_s))
+        # waits on the event loop: long polls hold no worker thread, so they cannot starve other users' prompts
+        return await job.wait_events(after, min(wait, config.max_wait_s))
 
     @v1.post("/jobs/{jid}/cancel")
     async def cancel_job(jid: str) -> dict[str, Any]:

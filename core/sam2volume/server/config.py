@@ -37,14 +37,22 @@ class ServerConfig:
     keep_alive_s: float = 30.0  #: a connection without a whole request header for this long is closed (--keep-alive-timeout)
     allow_hosts: list[str] = field(default_factory=list)  #: Host names beyond the bound address's (--allow-host; guards.py)
     write_local_token: bool = False  #: ``token`` was made for this run: write it for local clients (token_files.py)
+    upload_timeout_s: float = 30.0  #: an upload that sends nothing for this long is aborted (its reservation freed)
+    max_image_size: int = 1024  #: largest image_size a session may ask for
+    max_feature_cache_mb: float = 2048.0  #: largest feature_cache_mb a session may ask for
+    max_encode_ahead: int = 64  #: largest encode_ahead a session may ask for
+    max_encode_batch: int = 16  #: largest encode_batch a session may ask for
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_upload_bytes", "max_voxels", "max_stored_bytes", "max_body_bytes"):
+        for name in ("max_sessions", "max_upload_bytes", "max_voxels", "max_stored_bytes", "max_body_bytes", "max_image_size",
+                     "max_encode_ahead", "max_encode_batch"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("idle_timeout_s", "volume_ttl_s", "reaper_interval_s", "max_wait_s"):
+        for name in ("idle_timeout_s", "volume_ttl_s", "reaper_interval_s", "max_wait_s", "upload_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= float(self.max_feature_cache_mb) < float("inf"):
+            raise InputError(f"max_feature_cache_mb must be a finite number >= 0, got {self.max_feature_cache_mb}")
         if (self.checkpoint is None) != (self.config_file is None):
             raise InputError("a custom model needs both --checkpoint FILE.pt and --config FILE.yaml")
         if not 0 < float(self.keep_alive_s) < float("inf"):

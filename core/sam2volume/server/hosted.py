@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from typing import Any, Iterator
 
 from ..errors import CancelledError, Sam2VolumeError
-from .store import Busy
+from .store import Busy, RequestIdReused
 from .wire import pack_mask
 
 log = logging.getLogger("sam2volume.server")
@@ -32,15 +33,20 @@ class HostedSession:
         self.job: Job | None = None
         self.last_used = time.monotonic()
         self.closed = False
-        self._replies: OrderedDict[str, Any] = OrderedDict()  # request id -> answer, the last few
+        self._replies: OrderedDict[str, tuple[str, Any]] = OrderedDict()  # request id -> (what, answer), the last few
 
-    def once(self, rid: str | None, work: Any) -> Any:
-        """``work()``, unless request ``rid`` was answered already (then that answer again)."""
+    def once(self, rid: str | None, work: Any, what: str = "") -> Any:
+        """``work()``, unless request ``rid`` was answered already (then that answer again). ``what`` (the
+        endpoint and a hash of the body) must match the first request's: a reused id on another call is refused."""
         if rid is not None and rid in self._replies:
-            return self._replies[rid]
+            first, out = self._replies[rid]
+            if first != what:
+                raise RequestIdReused(f"request id {rid!r} was used by another request on this session ({first.split(' #')[0]}); "
+                                      "send a new X-Request-Id for each call (the same one only to retry the same call)")
+            return out
         out = work()
         if rid is not None:
-            self._replies[rid] = out
+            self._replies[rid] = (what, out)
             while len(self._replies) > 16:
                 self._replies.popitem(last=False)
         return out
@@ -66,15 +72,19 @@ class HostedSession:
                 yield self.session
         self.touch()
 
-    def start_job(self, rid: str | None = None, **kwargs: Any) -> "Job":
+    def start_job(self, rid: str | None = None, what: str = "", **kwargs: Any) -> "Job":
         with self.lock:
             if self.closed:
                 raise Busy("this session was closed")
             if rid is not None and self.job is not None and self.job.request_id == rid:
+                if self.job.request_what != what:
+                    raise RequestIdReused(f"request id {rid!r} started job {self.job.id} with other settings; send a new "
+                                          "X-Request-Id for each call (the same one only to retry the same call)")
                 return self.job  # a retried request: the job it started
             if self.job is not None and not self.job.done:
                 raise Busy(f"propagation job {self.job.id} is already running on this session; wait for it or cancel it first")
             self.job = Job(self, kwargs, rid)
+            self.job.request_what = what
             self.job.start()
             return self.job
 
@@ -103,10 +113,12 @@ class Job:
     def __init__(self, hosted: HostedSession, kwargs: dict[str, Any], request_id: str | None = None):
         self.id = secrets.token_urlsafe(12)
         self.request_id = request_id
+        self.request_what = ""  # endpoint and body hash of the request that started it
         self.session = hosted
         self.kwargs = kwargs
         self.cancel_event = threading.Event()
         self._cond = threading.Condition()
+        self._waiters: set[tuple[Any, asyncio.Event]] = set()  # long polls waiting on the event loop (no thread)
         self._events: list[dict[str, Any]] = []
         self._base = 0  # index of self._events[0]
         self.progress = (0, 0)
@@ -128,11 +140,13 @@ class Job:
             with self._cond:
                 self._events.append({"slice": int(s), "masks": masks})
                 self._cond.notify_all()
+                self._wake()
 
         def progress(done: int, total: int) -> None:
             with self._cond:
                 self.progress = (done, total)
                 self._cond.notify_all()
+                self._wake()
             if lock is not None:
                 lock.yield_to_waiters()
 
@@ -161,7 +175,38 @@ class Job:
                 self.present = present
                 self.done = True
                 self._cond.notify_all()
+                self._wake()
             log.info("job %s done in %.2f s: %s", self.id[:8], time.perf_counter() - t0, self.error[0] if self.error else "ok")
+
+    def waiting(self) -> int:
+        """Long polls waiting on this job now."""
+        with self._cond:
+            return len(self._waiters)
+
+    def _wake(self) -> None:
+        """Wake the long polls (called with ``self._cond`` held, from the job's thread)."""
+        for loop, event in self._waiters:
+            with contextlib.suppress(RuntimeError):  # a loop that closed meanwhile
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait_events(self, after: int, wait: float) -> dict[str, Any]:
+        """:meth:`events` as a long poll that waits on the event loop, holding no worker thread."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            event = asyncio.Event()
+            with self._cond:
+                self._waiters.add((loop, event))
+            try:
+                out = self.events(after, 0.0)
+                left = deadline - loop.time()
+                if out["events"] or out["done"] or left <= 0:
+                    return out
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+            finally:
+                with self._cond:
+                    self._waiters.discard((loop, event))
 
     def events(self, after: int, wait: float) -> dict[str, Any]:
         """Events from number ``after`` on, waiting up to ``wait`` s for one (a long poll)."""

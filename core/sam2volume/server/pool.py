@@ -79,6 +79,7 @@ class ModelPool:
         if config.checkpoint:
             self.models.insert(0, CUSTOM)
         self._predictors: dict[tuple[Any, ...], Any] = {}
+        self._users: dict[tuple[Any, ...], int] = {}  #: sessions holding each predictor (freed at 0, but the default's)
         self._locks: dict[str, FairLock] = {}
         self._guard = threading.Lock()
         self._device: str | None = None
@@ -129,6 +130,9 @@ class ModelPool:
             cfg = EngineConfig(**request)
         except TypeError as exc:
             raise InputError(f"engine settings: {exc}") from None
+        self._check_caps(request)
+        if "feature_cache_mb" not in request:
+            cfg = replace(cfg, feature_cache_mb=min(cfg.feature_cache_mb, self.config.max_feature_cache_mb))
         if model == CUSTOM:
             if not self.config.checkpoint:
                 raise InputError("this server has no custom model (start it with --checkpoint FILE.pt --config FILE.yaml)")
@@ -137,15 +141,32 @@ class ModelPool:
         cfg.spec()  # an unknown model fails here
         return replace(cfg, device=self.device, compile=self.config.compile)
 
+    def _check_caps(self, request: dict[str, Any]) -> None:
+        """Refuse settings a client asked for over the server's caps (each names its ``serve`` option)."""
+        caps = (("image_size", self.config.max_image_size, "--max-image-size"),
+                ("feature_cache_mb", self.config.max_feature_cache_mb, "--max-feature-cache-mb"),
+                ("encode_ahead", self.config.max_encode_ahead, "--max-encode-ahead"),
+                ("encode_batch", self.config.max_encode_batch, "--max-encode-batch"))
+        for name, cap, option in caps:
+            value = request.get(name)
+            if value is not None and value > cap:
+                raise InputError(f"{name} {value} is over this server's limit of {cap:g} ({option}); ask for at most "
+                                 f"{cap:g}, or start the server with a larger {option}")
+
+    def _key(self, cfg: Any) -> tuple[Any, ...]:
+        return (cfg.spec().name, cfg.resolved_image_size, bool(cfg.random_weights), int(cfg.seed), self.device,
+                # a compiled model is compiled for one propagation batch size
+                cfg.encode_batch if cfg.compile else None)
+
     def predictor(self, cfg: Any) -> Any:
-        """The shared predictor for ``cfg`` (built on first use, under the device's lock)."""
-        key = (cfg.spec().name, cfg.resolved_image_size, bool(cfg.random_weights), int(cfg.seed), self.device,
-               # a compiled model is compiled for one propagation batch size
-               cfg.encode_batch if cfg.compile else None)
+        """The shared predictor for ``cfg`` (built on first use, under the device's lock), with one more
+        user: give it back with :meth:`release` (the last user's release frees it, but the default's)."""
+        key = self._key(cfg)
         with self._guard:
             pred = self._predictors.get(key)
-        if pred is not None:
-            return pred
+            if pred is not None:
+                self._users[key] = self._users.get(key, 0) + 1
+                return pred
         from ..engine.predictor import build_predictor
 
         with self.lock(self.device):
@@ -153,9 +174,35 @@ class ModelPool:
                 pred = self._predictors.get(key)
             if pred is None:
                 pred = build_predictor(cfg)
-                with self._guard:
-                    self._predictors[key] = pred
+            with self._guard:
+                pred = self._predictors.setdefault(key, pred)
+                self._users[key] = self._users.get(key, 0) + 1
         return pred
+
+    def release(self, cfg: Any) -> None:
+        """One user of ``cfg``'s predictor is done; the last one frees it (kept: the server's default model)."""
+        key, keep = self._key(cfg), self._default_key()
+        with self._guard:
+            self._users[key] = self._users.get(key, 0) - 1
+            if self._users[key] > 0 or key == keep:
+                return
+            del self._users[key]
+            pred = self._predictors.pop(key, None)
+        if pred is not None:
+            del pred
+            import gc
+
+            from .store import trim_heap
+
+            gc.collect()
+            trim_heap()
+
+    def _default_key(self) -> tuple[Any, ...] | None:
+        """The predictor of a session that asks for nothing (the first model at its own size): kept loaded."""
+        try:
+            return self._key(self.engine_config(None))
+        except InputError:
+            return None
 
     def loaded(self) -> list[str]:
         with self._guard:

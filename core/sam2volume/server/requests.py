@@ -10,10 +10,12 @@ MAX_POINTS = 1000  #: points in one prompt (a click adds one; the bound keeps on
 Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 from ..errors import InputError
+from ..prompts import check_color, check_name
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # JSON NaN and Infinity are refused in every number (Python's json writes them for float("nan"))
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class WindowReq(_Req):
@@ -32,7 +34,7 @@ class OpenSession(_Req):
 class AddObject(_Req):
     label: int
     name: Optional[str] = None
-    color: Optional[Annotated[list[float], Field(min_length=3, max_length=4)]] = None
+    color: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None  # red, green, blue in [0, 1]
 
 
 class AddPoints(_Req):
@@ -66,9 +68,10 @@ class StartJob(_Req):
 
 
 def parse(model: type[_Req], body: bytes) -> Any:
-    """Validate a request body; malformed JSON or wrong fields raise InputError naming them."""
+    """Validate a request body; malformed JSON or wrong fields raise InputError naming them. Names and
+    colours get the prompts file's checks (one printable line of at most 128 characters; RGB in [0, 1])."""
     try:
-        return model.model_validate_json(body or b"{}")
+        req = model.model_validate_json(body or b"{}")
     except ValidationError as exc:
         problems = []
         for err in exc.errors()[:5]:
@@ -77,3 +80,8 @@ def parse(model: type[_Req], body: bytes) -> Any:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             raise InputError(f"request body is not valid JSON ({problems[0]})") from None
         raise InputError(f"bad {model.__name__} request: " + "; ".join(problems)) from None
+    if getattr(req, "name", None) is not None:
+        check_name(req.name, f"{model.__name__} request")
+    if getattr(req, "color", None) is not None:
+        check_color(req.color, f"{model.__name__} request")
+    return req

@@ -31,6 +31,10 @@ class Busy(Exception):
     """The session is running a propagation (HTTP 409)."""
 
 
+class RequestIdReused(Exception):
+    """An X-Request-Id already answered for another endpoint or body on this session (HTTP 409)."""
+
+
 @dataclass
 class StoredVolume:
     volume: Any
@@ -103,7 +107,8 @@ class VolumeStore:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"volumes": len(self._items), "volume_bytes": sum(v.nbytes for v in self._items.values())}
+            return {"volumes": len(self._items), "volume_bytes": sum(v.nbytes for v in self._items.values()),
+                    "upload_bytes_reserved": self._reserved}
 
 
 class SessionRegistry:
@@ -202,7 +207,8 @@ class SessionRegistry:
         with self._lock:
             sessions = [s for s in self._items.values() if s is not None]
             jobs_running = sum(1 for j in self._jobs.values() if not j.done)
-        return {"sessions": len(sessions), "jobs_running": jobs_running,
+            long_polls = sum(j.waiting() for j in self._jobs.values())
+        return {"sessions": len(sessions), "jobs_running": jobs_running, "long_polls": long_polls,
                 "encoding_ahead": sum(1 for s in sessions if s.encoding_ahead())}
 
 

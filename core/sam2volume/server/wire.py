@@ -86,11 +86,13 @@ class ArrayDecoder:
 
     ``check(header)`` runs once the header line is in (it raises to refuse the array, e.g. a limit);
     the inflated bytes go into one preallocated buffer of exactly the announced size, so a
-    compressed bomb cannot grow memory past it.
+    compressed bomb cannot grow memory past it. ``grow(n)`` runs before each ``n`` inflated bytes
+    are stored (it raises to refuse them: the server reserves memory as the data arrives).
     """
 
-    def __init__(self, check: Any = None):
+    def __init__(self, check: Any = None, grow: Any = None):
         self.check = check
+        self.grow = grow
         self.header: dict[str, Any] | None = None
         self._head = bytearray()
         self._inflate = zlib.decompressobj()
@@ -119,21 +121,26 @@ class ArrayDecoder:
             raise InputError(f"array data is not a valid zlib stream ({exc})") from None
         if self._inflate.unconsumed_tail or self._pos + len(data) > self._buf.nbytes:
             raise InputError(f"array data holds more than the {self._buf.nbytes} bytes its header announces")
+        if self.grow is not None and data:
+            self.grow(len(data))
         self._buf[self._pos : self._pos + len(data)] = np.frombuffer(data, np.uint8)
         self.hasher.update(data)
         self._pos += len(data)
 
     def _start(self, line: bytes) -> None:
         try:
-            header = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"array header is not valid JSON ({exc})") from None
+            header = json.loads(line, parse_constant=_refuse_constant)
+            canonical_json(header)  # a number too large for a float (1e999) is infinite: refused here
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise InputError(f"array header is not valid JSON of finite numbers ({exc})") from None
         if not isinstance(header, dict):
             raise InputError("array header must be a JSON object")
         shape = header.get("shape")
         if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
             raise InputError(f"array shape {shape!r} must be three positive integers")
-        dt = wire_dtype(header.get("dtype"))
+        if header.get("dtype") is None:  # numpy would read a missing dtype as float64
+            raise InputError(f"array header has no dtype; give one of {', '.join(DTYPES)}")
+        dt = wire_dtype(header["dtype"])
         header["dtype"] = dt.str
         if self.check is not None:
             self.check(header)
@@ -148,6 +155,10 @@ class ArrayDecoder:
             raise InputError(f"array data ended after {self._pos} of {self._buf.nbytes} bytes (truncated upload)")
         arr = self._buf.view(np.dtype(self.header["dtype"])).reshape(self.header["shape"])
         return self.header, arr
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
 
 
 def decode_array(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
