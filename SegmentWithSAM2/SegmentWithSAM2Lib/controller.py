@@ -75,7 +75,7 @@ class InlineJob:
     progress: tuple[int, int] = (0, 0)
     _cancel: bool = field(default=False, repr=False)
 
-    def poll(self) -> list:
+    def poll(self, wait: float = 0.0, *, timeout: float | None = None) -> list:
         if not self.finished:
             try:
                 self.report = self.session.propagate(**self.kwargs, progress=self._progress, cancel=lambda: self._cancel)
@@ -87,7 +87,7 @@ class InlineJob:
     def _progress(self, done: int, total: int) -> None:
         self.progress = (done, total)
 
-    def cancel(self) -> None:
+    def cancel(self, *, timeout: float | None = None) -> None:
         self._cancel = True
 
 

@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 MODES = ["local", "remote"]
 LOCAL_IDLE_TIMEOUT_S = 4 * 3600  # a session untouched this long is freed (a safety net: the module closes its own)
+# remote mode: every request after opening a session (prompts, jobs) is answered within this many seconds
+# or fails with a message naming the server, so that a stalled server never holds Slicer's GUI for long
+REMOTE_CALL_TIMEOUT_S = 10.0
 
 
 #: where the engine is: application settings (QSettings in the widget), never the parameter node, so that
@@ -100,6 +103,8 @@ def check_connection(url: str, token: str | None = None, timeout: float = 5.0) -
 class EngineLink:
     """Makes sessions on the engine server the settings name; starts the local one when first needed."""
 
+    remote_call_timeout = REMOTE_CALL_TIMEOUT_S  # s; set on an instance to change it
+
     def __init__(self, python: str | None = None, log_file: str | None = None, allow_random_weights: bool = False,
                  engine_args: tuple = (), config_overrides: dict | None = None):
         self.python = python or slicer_python()
@@ -159,7 +164,8 @@ class EngineLink:
         window = None if settings.window == "auto" else settings.window
 
         def make(volume, axis):
-            return RemoteSession(url, volume, axis, config, engine=settings.engine, token=token, window=window)
+            return RemoteSession(url, volume, axis, config, engine=settings.engine, token=token, window=window,
+                                 call_timeout=self.remote_call_timeout if settings.mode == "remote" else None)
 
         return make
 

@@ -32,6 +32,7 @@ SEGMENT_ATTRIBUTE = "SegmentWithSAM2.segment"
 PROMPT_KINDS = {"positive": ("vtkMRMLMarkupsFiducialNode", "SAM2 +", (0.2, 0.9, 0.2)),
                 "negative": ("vtkMRMLMarkupsFiducialNode", "SAM2 -", (0.9, 0.2, 0.2)),
                 "box": ("vtkMRMLMarkupsROINode", "SAM2 box", (0.9, 0.9, 0.2))}
+GUI_POLL_TIMEOUT_S = 1.0  # the longest one poll or cancel of a propagation blocks the GUI thread
 OUT_OF_MEMORY_ADVICE = ("Choose a smaller model (Model), limit the slices (Only within slices), "
                         "or use a remote GPU server (Mode: remote)")
 
@@ -183,7 +184,7 @@ class PropagationTask:
         if self.finished:
             return
         try:
-            updates = [u for u in self.controller.updates_from(self.job.poll()) if u.segment_id in self.visited]
+            updates = [u for u in self.controller.updates_from(self.job.poll(timeout=GUI_POLL_TIMEOUT_S)) if u.segment_id in self.visited]
             for u in updates:
                 self.visited[u.segment_id].add(u.first)
             self.written += self.logic.applyUpdates(updates, self.segmentationNode, self.volumeNode)
@@ -215,7 +216,7 @@ class PropagationTask:
         log.error("propagation failed: %s", self.error, exc_info=exc)
         try:
             if not self.job.finished:
-                self.job.cancel()
+                self.job.cancel(timeout=GUI_POLL_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - the server may be gone; the error above is what matters
             pass
         if self.onError is not None:
@@ -225,8 +226,15 @@ class PropagationTask:
                 log.exception("the error callback failed")
 
     def cancel(self) -> None:
-        if not self.job.finished:
-            self.job.cancel()
+        """Ask the server to stop; one that does not answer within a second is left behind: the task
+        ends here at once with a message (slices so far are kept), and the GUI is free again."""
+        if self.finished or self.job.finished:
+            return
+        try:
+            self.job.cancel(timeout=GUI_POLL_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - a stalled or vanished server must not keep Cancel from working
+            self._gone = True
+            self._fail(RuntimeError(f"cancelled here; {describe_error(exc)} (the server may still run the propagation)"))
 
     @property
     def server_busy(self) -> bool:
@@ -237,7 +245,7 @@ class PropagationTask:
         """Poll the server's job without writing anything; True once it has ended."""
         if not self.job.finished:
             try:
-                self.job.poll()
+                self.job.poll(timeout=GUI_POLL_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - a vanished server has ended the job too
                 log.warning("while waiting for a cancelled job: %s", exc)
                 self._gone = True
