@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="size of one JSON request")
     p.add_argument("--idle-timeout", type=float, default=900.0, help="seconds before an untouched session is closed")
     p.add_argument("--volume-ttl", type=float, default=300.0, help="seconds an uploaded volume no session uses is kept")
+    p.add_argument("--upload-timeout", type=float, default=30.0, help="seconds an upload may send nothing before it is aborted")
+    p.add_argument("--max-image-size", type=int, default=1024, help="largest image_size a session may ask for")
+    p.add_argument("--max-feature-cache-mb", type=float, default=2048.0, help="largest feature_cache_mb a session may ask for")
+    p.add_argument("--max-encode-ahead", type=int, default=64, help="largest encode_ahead a session may ask for")
+    p.add_argument("--max-encode-batch", type=int, default=16, help="largest encode_batch a session may ask for")
     p.add_argument("--reaper-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", help="write {url, pid} here (atomically) once listening")
     p.add_argument("--parent-pid", type=int, help="stop when this process ends (POSIX; the front-end that started the server)")
@@ -70,6 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * mb), idle_timeout_s=args.idle_timeout, volume_ttl_s=args.volume_ttl,
         reaper_interval_s=args.reaper_interval,
         keep_alive_s=args.keep_alive_timeout, allow_hosts=args.allow_host, write_local_token=generated,
+        upload_timeout_s=args.upload_timeout, max_image_size=args.max_image_size, max_feature_cache_mb=args.max_feature_cache_mb,
+        max_encode_ahead=args.max_encode_ahead, max_encode_batch=args.max_encode_batch,
     )
     serve(config, args.host, args.port, ready_file=args.ready_file, log_level=args.log_level, parent_pid=args.parent_pid,
           exit_with_stdin=args.exit_with_stdin)

@@ -136,7 +136,7 @@ class _Http:
                 except TimeoutError:
                     self.close_locked()
                     raise ServerError(f"the sam2volume server at {self.url} did not answer {where} within {timeout:g} s",
-                                      url=self.url) from None
+                                      url=self.url, kind=TIMEOUT) from None
                 except (OSError, http.client.HTTPException) as exc:
                     self.close_locked()
                     raise ServerError(f"cannot reach the sam2volume server at {self.url} ({exc}); is it running and is "
@@ -193,6 +193,9 @@ class SliceResult:
     masks: dict[int, np.ndarray]
 
 
+TIMEOUT = "Timeout"  #: ServerError.kind of a request the server did not answer in time
+
+
 class RemoteJob:
     """A propagation running on the server; poll it from a GUI timer, or wait for it."""
 
@@ -208,22 +211,40 @@ class RemoteJob:
         self.slices_encoded: int | None = None  # slices the server's image encoder ran on for it (SAM2)
         self.error: Sam2VolumeError | None = None
         self._cancel_sent = False
+        self._silent_since: float | None = None  # the first of the polls in a row the server left unanswered
+        self._retry_at = 0.0
 
-    def poll(self, wait: float = 0.0) -> list[SliceResult]:
+    def poll(self, wait: float = 0.0, *, timeout: float | None = None) -> list[SliceResult]:
         """The slices finished since the last poll (one HTTP request; ``wait`` s at most for news).
 
         A server that fails or vanishes ends the job: ``finished`` becomes True and ``error`` a
-        :class:`ServerError`; poll itself does not raise for that.
+        :class:`ServerError`; poll itself does not raise for that. ``timeout`` (a GUI timer's poll,
+        e.g. 1 s) bounds how long this poll blocks: a poll left unanswered that long is no news, the
+        next request goes out ``timeout`` s later, and the job ends with an error once the server has
+        not answered for the session's request timeout in a row (a stalled server).
         """
         if self.finished:
             return []
         http_ = self.session._http
+        now = time.monotonic()
+        if timeout is not None and now < self._retry_at:
+            return []
         try:
             rep = http_.json("GET", f"/v{API_VERSION}/jobs/{self.id}/events?after={self._next}&wait={wait:g}",
-                             timeout=http_.timeout + wait)
+                             timeout=(http_.timeout if timeout is None else timeout) + wait)
         except Sam2VolumeError as exc:
+            if timeout is not None and getattr(exc, "kind", None) == TIMEOUT:
+                self._silent_since = now if self._silent_since is None else self._silent_since
+                silent = time.monotonic() - self._silent_since
+                if silent < http_.timeout:
+                    self._retry_at = time.monotonic() + timeout
+                    return []
+                exc = ServerError(f"the sam2volume server at {http_.url} has not answered for {silent:.0f} s (request timeout "
+                                  f"{http_.timeout:g} s) while propagating: it is stalled or overloaded; the slices so far "
+                                  "are kept", url=http_.url, kind=TIMEOUT)
             self.error, self.finished = exc, True
             return []
+        self._silent_since = None
         out = []
         for ev in rep["events"]:
             masks = {int(k): unpack_mask(m) for k, m in ev["masks"].items()}
@@ -250,12 +271,12 @@ class RemoteJob:
             self.error = _ERROR_TYPES.get(rep["error"]["type"], ServerError)(rep["error"]["message"])
         self.finished = True
 
-    def cancel(self) -> None:
-        """Stop between slices; slices finished so far are kept."""
+    def cancel(self, *, timeout: float | None = None) -> None:
+        """Stop between slices; slices finished so far are kept (``timeout``: s to wait for the server's answer)."""
         if self.finished or self._cancel_sent:
             return
         self._cancel_sent = True
-        self.session._http.json("POST", f"/v{API_VERSION}/jobs/{self.id}/cancel")
+        self.session._http.json("POST", f"/v{API_VERSION}/jobs/{self.id}/cancel", timeout=timeout)
 
     def wait(self, timeout: float | None = None, progress: Callable[[int, int], None] | None = None,
              cancel: Callable[[], bool] | threading.Event | None = None) -> PropagationReport:
@@ -297,6 +318,10 @@ class RemoteSession(SessionBase):
     ...; never a server-side path, and the server picks the device); ``engine`` is ``sam2`` or
     ``baseline``. ``token`` defaults to ``$SAM2VOLUME_TOKEN``, then (loopback URL) the token a local
     ``sam2volume serve`` wrote for itself.
+
+    ``timeout`` (s) bounds opening the session (the server may build the model then) and, at least
+    300 s, uploads and results; ``call_timeout`` (s, default ``timeout``) every other request: the
+    health check, prompts, jobs and their polls, so that a stalled server is noticed that soon.
     """
 
     def __init__(
@@ -312,6 +337,7 @@ class RemoteSession(SessionBase):
         window_width: float | None = None,
         window_level: float | None = None,
         timeout: float = 60.0,
+        call_timeout: float | None = None,
         progress: bool = False,
     ):
         super().__init__(volume, axis, window=window, window_width=window_width, window_level=window_level, progress=progress)
@@ -322,13 +348,16 @@ class RemoteSession(SessionBase):
         settings = self._config_settings(config) if engine == "sam2" else None
         self._masks: dict[int, dict[int, np.ndarray]] = {}
         self._closed = False
-        self._http = _Http(url, read_token(token, url=url), timeout)
+        if call_timeout is not None and not call_timeout > 0:
+            raise InputError(f"call_timeout {call_timeout!r} must be a positive number of seconds")
+        self._open_timeout = float(timeout)
+        self._http = _Http(url, read_token(token, url=url), timeout if call_timeout is None else call_timeout)
         self._http.check_server()
         self.volume_id = volume_id(volume)
         self.uploaded = self._upload()
         rep = self._http.json("POST", f"/v{API_VERSION}/sessions", {
             "volume": self.volume_id, "axis": self.axis.axis, "engine": engine, "config": settings,
-            "window": {"low": float(self.window.low), "high": float(self.window.high)}})
+            "window": {"low": float(self.window.low), "high": float(self.window.high)}}, timeout=self._open_timeout)
         self.id = rep["session"]
         self.device = rep.get("device", "unknown")
         self.server_config = rep.get("config")
@@ -352,7 +381,7 @@ class RemoteSession(SessionBase):
         if self._http.json("GET", path).get("stored"):
             return False
         self._http.request("PUT", path, encode_array(volume_header(self.volume), self.volume.array), chunked=True,
-                           timeout=max(self._http.timeout, 300.0))
+                           timeout=max(self._open_timeout, 300.0))
         return True
 
     # ------------------------------------------------------------------ calls
@@ -448,7 +477,7 @@ class RemoteSession(SessionBase):
 
     def result(self) -> Volume:
         """The labelmap with the input's geometry, as the server's session makes it."""
-        _, data = self._http.request("GET", self._path("/result"), timeout=max(self._http.timeout, 300.0))
+        _, data = self._http.request("GET", self._path("/result"), timeout=max(self._open_timeout, 300.0))
         header, array = decode_array(data)
         if tuple(array.shape) != self.volume.shape:
             raise ServerError(f"the server sent a labelmap of shape {array.shape} for a volume of {self.volume.shape}", url=self._http.url)
