@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -98,3 +99,23 @@ def test_cancel_on_a_stalled_server_ends_the_propagation_here(server, remote, ct
     assert len(errors) == 1 and errors[0].startswith("cancelled here") and server.url in errors[0]
     assert took < LOOSE, took
     logic.reset()  # Reset after that returns at once too
+
+
+def test_a_first_prompt_to_a_server_that_never_answers_fails_soon(ct, labels):
+    """Test double of a stalled server: a socket on 127.0.0.1 that listens (the kernel accepts the
+    connection) and never answers; the first prompt opens the session there."""
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}"
+        link = EngineLink(python=sys.executable)
+        link.remote_call_timeout = SHORT
+        logic = SegmentWithSAM2Logic(link=link)
+        settings = Settings(mode="remote", engine="baseline", serverUrl=url, serverToken="token", window="abdomen")
+        seg, sid = logic.prepareSegmentation(ct)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as err:
+            logic.addPoints(ct, seg, sid, [liver_point(ct, labels)], [True], red_at(ct, [0, 0, K]), settings)
+        took = time.monotonic() - t0
+    assert url in str(err.value) and f"within {SHORT:g} s" in str(err.value)
+    assert took < LOOSE, took
