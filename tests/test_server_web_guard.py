@@ -18,7 +18,7 @@ import pytest
 
 from sam2volume import read_volume
 from sam2volume.cli import main
-from sam2volume.client import RemoteSession, read_token
+from sam2volume.client import RemoteSession, check_server, read_token
 from sam2volume.server.wire import encode_array, volume_header, volume_id
 
 from server_helpers import raw, serve_process, slab, stats
@@ -78,6 +78,7 @@ def test_serve_on_loopback_makes_a_token_only_the_user_can_read(server):
     ("another local port's Origin", {"Origin": "http://127.0.0.1:1", "Content-Type": "application/json"}, b'{"volume": "VID", "engine": "baseline"}', 403, "OriginError"),
     ("opaque Origin", {"Origin": "null", "Content-Type": "application/json"}, b'{"volume": "VID", "engine": "baseline"}', 403, "OriginError"),
     ("Sec-Fetch-Site cross-site", {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}, b'{"volume": "VID", "engine": "baseline"}', 403, "OriginError"),
+    ("Sec-Fetch-Site same-site", {"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}, b'{"volume": "VID", "engine": "baseline"}', 403, "OriginError"),
 ])
 def test_requests_a_web_page_can_send_are_refused(server, ct, name, headers, body, status, kind):
     """As a page sends them (no token), and each check on its own (with the right token, which a page lacks)."""
@@ -110,8 +111,16 @@ def test_the_local_client_reads_the_token_and_works(server, ct):
             assert mask.any()
             session.propagate()
             assert session.result().array.any()
+    assert check_server(server.url)["models"]  # the Slicer module's Test connection, no token given
     assert read_token(url=server.url.replace("127.0.0.1", "localhost")) == read_token(url=server.url)
     assert read_token(url="http://gpu-box:8765") is None  # only loopback URLs read a local token file
+
+
+def test_the_command_line_with_server_and_no_token_works(server, totalseg, tmp_path, capsys):
+    out = tmp_path / "o.nii.gz"
+    assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), "--prompts", str(PROMPTS), "-o", str(out),
+                 "--engine", "baseline", "-q", "--server", server.url]) == 0, capsys.readouterr().err
+    assert out.is_file()
 
 
 def test_the_token_file_goes_when_the_server_stops(tmp_path):
@@ -129,6 +138,7 @@ def test_no_token_opt_out_and_allow_host(tmp_path):
         assert raw(s, "GET", "/v1/stats", token=None, headers={"Host": f"seg.example.org:{port}"})[0] == 200
         assert raw(s, "GET", "/v1/stats", token=None, headers={"Host": f"localhost:{port}"})[0] == 200
         assert raw(s, "GET", "/v1/stats", token=None, headers={"Host": f"[::1]:{port}"})[0] == 200
+        assert raw(s, "GET", "/v1/stats", token=None, headers={"Origin": f"http://127.0.0.1:{port}"})[0] == 200  # itself
         status, out = raw(s, "GET", "/health", token=None, headers={"Host": f"evil.example:{port}"})
         assert status == 403 and _err(out)[0] == "HostError" and "--allow-host" in _err(out)[1]
         status, out = raw(s, "POST", "/v1/sessions", b"{}", token=None, headers={"Content-Type": "text/plain"})
