@@ -159,14 +159,12 @@ def _check_stream_length(p: Path, data: Path, start: int, need: int, kind: str, 
                         "the file is corrupt or not what it claims, export it again"
                     )
                 if dec.eof:
-                    rest = dec.unused_data
+                    rest = dec.unused_data or (fh.read(_CHUNK) if kind == "gzip" else b"")
                     if kind == "gzip" and rest.lstrip(b"\0"):
                         dec, pending = _decompressor(kind), rest  # another gzip member follows
-                    elif kind != "gzip" and rest.strip():
-                        break  # zlib/bzip2: one stream; what follows is not data
-                    else:
-                        dec = None
-                        break
+                        continue
+                    dec = None  # the stream ended whole (zlib/bzip2: one stream; zeros after gzip: padding)
+                    break
         if dec is not None and not dec.eof:
             where = "" if data == p else f" (data file {data.name})"
             raise InputError(
@@ -262,7 +260,7 @@ def _check_nifti(p: Path, limit: int | None) -> None:
     if header is None:
         if len(raw) < 348:
             raise _truncated(p, p, 348, len(raw))
-        return  # not a NIfTI header after all: ITK's reader gives its error
+        raise InputError(f"{p}: ITK takes this for NIfTI but its header is neither NIfTI-1 nor NIfTI-2; export the file again")
     magic = bytes(header["magic"]).rstrip(b"\0")
     if magic not in (b"n+1", b"n+2"):
         raise InputError(
