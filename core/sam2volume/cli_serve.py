@@ -54,7 +54,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.config import ServerConfig, check_bind, is_loopback, read_token_file
     from .server.run import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.token_file and args.no_token:
         raise InputError("--token-file and --no-token contradict each other; give one of them")
     token = read_token_file(args.token_file) if args.token_file else None
@@ -78,6 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upload_timeout_s=args.upload_timeout, max_image_size=args.max_image_size, max_feature_cache_mb=args.max_feature_cache_mb,
         max_encode_ahead=args.max_encode_ahead, max_encode_batch=args.max_encode_batch,
     )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.token_file:
+        from .server.token_files import warn_if_shared
+
+        warn_if_shared(args.token_file)  # one line in the log when group or others may read it
     serve(config, args.host, args.port, ready_file=args.ready_file, log_level=args.log_level, parent_pid=args.parent_pid,
           exit_with_stdin=args.exit_with_stdin)
     return 0

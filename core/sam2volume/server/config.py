@@ -83,10 +83,9 @@ def read_token_file(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"token file {path} does not exist; {TOKEN_HOWTO}")
-    from .token_files import read_token_text, warn_if_shared
+    from .token_files import read_token_text
 
     token = read_token_text(p)  # InputError for an unreadable or non-UTF-8 file
     if len(token) < 16 or any(c.isspace() for c in token):
         raise InputError(f"token file {path} must hold one token of at least 16 characters without spaces; {TOKEN_HOWTO}")
-    warn_if_shared(p)  # one line in the log when group or others may read it
     return token
