@@ -90,6 +90,24 @@ def test_truncated_compressed_file_is_refused(tmp_path, capsys, ct_image, name, 
     _cli_fails(capsys, ["info", str(path)], "truncated or corrupt", name, "header declares")
 
 
+def test_gzip_members_in_a_row_still_read(tmp_path):
+    """A .nii.gz may hold several gzip members (as `cat a.gz b.gz` makes); the check reads them all, also when
+    one ends exactly where a read chunk of the checker ends (65536 bytes: stored blocks make the size exact)."""
+    import gzip
+
+    from sam2volume.io import header_checks
+
+    array = np.arange(40 * 40 * 30, dtype=np.int16).reshape(40, 40, 30)
+    plain = tmp_path / "x.nii"
+    nib.save(nib.Nifti1Image(array, np.eye(4)), plain)
+    raw = plain.read_bytes()
+    first = gzip.compress(raw[:65513], compresslevel=0)
+    assert len(first) == header_checks._CHUNK
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(first + gzip.compress(raw[65513:], compresslevel=0))
+    assert np.array_equal(read_volume(path).array, array)
+
+
 # ------------------------------------------------------------------------------------- item 3: data files
 
 
