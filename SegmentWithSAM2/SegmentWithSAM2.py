@@ -472,7 +472,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # ----------------------------------------------------------------------------------------------- test
 class SegmentWithSAM2Test(ScriptedLoadableModuleTest):
     """Offline: a phantom volume the test builds, a box, a propagation with the baseline engine on a
-    local engine server, Dice against the phantom's organ (SegmentWithSAM2Lib.selftest)."""
+    local engine server, Dice against the phantom's organ (SegmentWithSAM2Lib.selftest). Without the
+    server's packages (a fresh Slicer, a build machine) it skips with a message; the GUI offers to install."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -484,9 +485,12 @@ class SegmentWithSAM2Test(ScriptedLoadableModuleTest):
     def test_phantom_box_propagate_dice(self):
         from SegmentWithSAM2Lib import selftest
 
+        interactive = not slicer.app.testingEnabled()  # Reload and Test in the GUI; ctest runs with --testing
         logic = SegmentWithSAM2Logic()
         try:
-            dice = selftest.run(logic, show=self.delayDisplay)
+            dice = selftest.run_self_test(logic, show=self.delayDisplay, interactive=interactive,
+                                          skip=None if interactive else self.skipTest)
         finally:
             logic.close()
-        self.assertGreater(dice, 0.85)
+        if dice is not None:
+            self.assertGreater(dice, 0.85)

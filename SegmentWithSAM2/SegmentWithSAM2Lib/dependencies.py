@@ -71,6 +71,8 @@ def install(found: list[tuple[Package, str]], confirm: bool = True) -> bool:
 
     if not found:
         return True
+    if slicer.app.testingEnabled():  # ctest, --testing: nobody to ask, and nothing is installed there
+        return False
     if confirm and not slicer.util.confirmOkCancelDisplay(
         f"SegmentWithSAM2 needs these Python packages in Slicer's Python: {describe(found)}.\n"
         "Install them now? (A few minutes; PyTorch with CUDA is large. Remote mode needs none of them.)",
@@ -89,6 +91,7 @@ def install(found: list[tuple[Package, str]], confirm: bool = True) -> bool:
     for p in packages:
         if p is not TORCH:
             slicer.util.pip_install(f"{p.requirement} {p.options}".strip())
+    importlib.invalidate_caches()  # else this process may not find what pip just installed
     still = problems(packages)
     if still:
         raise RuntimeError(f"still not usable after installation: {describe(still)}")

@@ -4,6 +4,11 @@ Slicer's ``SegmentWithSAM2Test`` runs it (Reload and Test, ctest); the repositor
 slicer-core. The phantom is a CT-like volume (soft tissue at 40 HU with noise, an ellipsoid organ at
 140 HU on a 2.5 mm slice grid, an oblique direction matrix); the reference is the ellipsoid. The
 classical baseline engine needs no weights, so nothing is downloaded.
+
+It needs the local engine server's packages (FastAPI, uvicorn, SciPy) in Slicer's Python, which a fresh
+Slicer or an extension build machine lacks: :func:`run_self_test` then offers to install them (with the
+user's consent, in the GUI only) or skips with a message saying what is missing, never failing for that
+and never installing anything in ctest (``--testing``).
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from typing import Callable
 import numpy as np
 import slicer
 
+from . import dependencies
 from .engine_link import Settings
 from .logic import SegmentWithSAM2Logic, matrix
 
 SHAPE_KJI = (36, 90, 100)
+SETTINGS = Settings(mode="local", engine="baseline", window="abdomen")  # what the self-test runs with
 
 
 def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,7 +56,7 @@ def run(logic: SegmentWithSAM2Logic | None = None, settings: Settings | None = N
     """Prompt a box on the phantom's middle slice, propagate, return the Dice against the organ."""
     show = show or (lambda text: None)
     logic = logic or SegmentWithSAM2Logic()
-    settings = settings or Settings(mode="local", engine="baseline", window="abdomen")
+    settings = settings or SETTINGS
     arr, organ, ijk_to_ras = phantom()
     volume = slicer.util.addVolumeFromArray(arr, slicer.util.vtkMatrixFromArray(ijk_to_ras), "SAM2 self-test phantom")
     show("phantom volume created")
@@ -77,3 +84,34 @@ def run(logic: SegmentWithSAM2Logic | None = None, settings: Settings | None = N
     dice = 2 * float(np.logical_and(result, organ).sum()) / float(result.sum() + organ.sum())
     show(f"{settings.engine}: Dice {dice:.3f} against the phantom's organ")
     return dice
+
+
+def skip_reason(settings: Settings = SETTINGS) -> str | None:
+    """Why the self-test cannot run in this Python (the packages local mode lacks), or None."""
+    found = dependencies.problems(dependencies.needed(settings.mode, settings.engine))
+    if not found:
+        return None
+    return (f"SegmentWithSAM2 self-test skipped: the local engine server needs {dependencies.describe(found)} in "
+            "Slicer's Python; install them from the module (it offers to on entry) or use remote mode")
+
+
+def run_self_test(logic: SegmentWithSAM2Logic | None = None, *, show: Callable[[str], None] | None = None,
+                  skip: Callable[[str], None] | None = None, interactive: bool = False,
+                  install: Callable[[list], bool] | None = None, settings: Settings = SETTINGS) -> float | None:
+    """The module's self-test (``SegmentWithSAM2Test``): :func:`run`'s Dice, or None when skipped.
+
+    Where packages are missing, ``interactive`` (the GUI, never ctest) asks the user to install them
+    (``install``, default :func:`dependencies.install`, which asks first); otherwise, or when declined,
+    the reason is shown and passed to ``skip`` (unittest's ``skipTest`` in ctest, which raises)."""
+    show = show or (lambda text: None)
+    reason = skip_reason(settings)
+    if reason and interactive:
+        found = dependencies.problems(dependencies.needed(settings.mode, settings.engine))
+        if (install or dependencies.install)(found):
+            reason = skip_reason(settings)
+    if reason:
+        show(reason)
+        if skip is not None:
+            skip(reason)
+        return None
+    return run(logic, settings, show)
