@@ -659,7 +659,7 @@ class SegmentWithSAM2Logic:
     def _confirmPromptWrite(self, controller: SegmentationController, update: SliceUpdate, segmentationNode, volumeNode) -> None:
         """Before a prompt's mask is written into a segment with content SAM2 did not write: ask. A no
         takes the prompt back from the engine, and nothing is written."""
-        if (segmentationNode.GetID(), update.segment_id) in self._trusted:
+        if self.confirmOverwrite is None or (segmentationNode.GetID(), update.segment_id) in self._trusted:
             return
         slices = self._foreignSlices(segmentationNode, update.segment_id, volumeNode, update.voxel_axis, update.first, update.mask_kji)
         try:
@@ -671,6 +671,6 @@ class SegmentWithSAM2Logic:
     def _confirmPropagationWrites(self, controller: SegmentationController, segmentIds, segmentationNode, volumeNode) -> None:
         """Before a propagation starts: ask about each segment with content SAM2 did not write."""
         for sid in segmentIds:
-            if (segmentationNode.GetID(), sid) not in self._trusted:
+            if self.confirmOverwrite is not None and (segmentationNode.GetID(), sid) not in self._trusted:
                 slices = self._foreignSlices(segmentationNode, sid, volumeNode, controller.voxel_axis, 0, None)
                 self._ask(segmentationNode, sid, slices, "Propagating replaces it on the slices SAM2 reaches.")
