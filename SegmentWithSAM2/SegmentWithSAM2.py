@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.path)
-from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings
+from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
 from SegmentWithSAM2Lib.logic import OverwriteDeclined, describe_error, slice_node_for_point
 
@@ -80,7 +80,9 @@ class SegmentWithSAM2Logic(ScriptedLoadableModuleLogic, CoreLogic):
         CoreLogic.__init__(self)
 
     def getParameterNode(self):
-        return SegmentWithSAM2ParameterNode(super().getParameterNode())
+        node = super().getParameterNode()
+        forget_connection(node)  # an older scene's parameter node may still hold the token
+        return SegmentWithSAM2ParameterNode(node)
 
 
 # --------------------------------------------------------------------------------------------- widget

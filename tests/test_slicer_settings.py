@@ -67,6 +67,39 @@ def test_a_scene_saved_with_the_module_parameter_node_holds_no_token(tmp_path, t
     assert TOKEN not in text and "serverToken" not in text
 
 
+def test_an_older_scene_with_a_token_loses_it_when_saved_again(tmp_path):
+    """A scene saved by the module before this change (its parameter node held mode, serverUrl and
+    serverToken) is read by Slicer's scene reader; the module's getParameterNode calls forget_connection
+    on that node, and the scene written again holds no token."""
+    from SegmentWithSAM2Lib.engine_link import forget_connection
+
+    scene = sc.fresh_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    node.SetAttribute("ModuleName", "SegmentWithSAM2")
+    for name, value in (("mode", "remote"), ("serverUrl", "http://gpu-host:8765"), ("serverToken", TOKEN), ("engine", "sam2")):
+        node.SetParameter(name, value)
+    old = tmp_path / "old.mrml"
+    scene.SetURL(str(old))
+    assert scene.Commit() and TOKEN in old.read_text()  # as the old module's scenes were
+
+    scene = sc.fresh_scene()
+    scene.SetURL(str(old))
+    assert scene.Connect()  # Slicer's scene reader
+    loaded = [n for n in slicer.util.getNodesByClass("vtkMRMLScriptedModuleNode") if n.GetAttribute("ModuleName") == "SegmentWithSAM2"]
+    assert len(loaded) == 1 and loaded[0].GetParameter("serverToken") == TOKEN
+    forget_connection(loaded[0])
+    forget_connection(loaded[0])  # twice: nothing left to remove, no error
+    again = tmp_path / "again.mrml"
+    scene.SetURL(str(again))
+    assert scene.Commit()
+    text = again.read_text()
+    assert TOKEN not in text and "serverToken" not in text and "gpu-host" not in text
+    assert loaded[0].GetParameter("engine") == "sam2"  # the rest is kept
+    module = (sc.MODULE / "SegmentWithSAM2.py").read_text()
+    body = module[module.index("    def getParameterNode(self):"):]
+    assert "forget_connection(node)" in body[:body.index("\n\n")]
+
+
 def test_settings_take_the_connection_only_as_passed_in():
     """A parameter node of an old scene may still hold serverToken: it is never read from there."""
     old_node = SimpleNamespace(mode="remote", serverUrl="http://old:1", serverToken=TOKEN, engine="baseline", stopAfter=5)

@@ -65,6 +65,13 @@ class Settings:
                 self.encodeAhead if self.engine == "sam2" else None)
 
 
+def forget_connection(parameter_node: Any) -> None:
+    """Remove the connection parameters a scene saved by an older version of the module holds in its
+    parameter node (a vtkMRMLScriptedModuleNode), so that saving that scene again drops the token."""
+    for name in CONNECTION_FIELDS:
+        parameter_node.UnsetParameter(name)  # nothing happens where it is not set
+
+
 def slicer_python(launchers: tuple[str | None, ...] | None = None) -> str:
     """The interpreter for the local engine server: Slicer's real Python, else this interpreter.
 
