@@ -28,7 +28,8 @@ LIVER, SPLEEN = 5, 1
 
 @pytest.fixture(scope="module")
 def server():
-    with local_server("--idle-timeout", "120", random_weights=True) as s:
+    # user C below asks to encode 200 slices ahead: over the default cap (--max-encode-ahead 64)
+    with local_server("--idle-timeout", "120", "--max-encode-ahead", "256", random_weights=True) as s:
         yield s
 
 
