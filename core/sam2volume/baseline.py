@@ -224,6 +224,7 @@ class BaselineSession(SessionBase):
         for label in labels:
             if not self._cond.get(label):
                 raise InputError(f"object {label} has no prompt yet; add a point, box or mask first")
+        self._check_prompts_in_range({label: sorted(self._cond[label]) for label in labels}, lo, hi, slice_range)
         report = PropagationReport()
         h_sp, w_sp = self._frame_spacing()
         grow = _disk(max(1, int(round(self.params.grow_mm / min(h_sp, w_sp)))))

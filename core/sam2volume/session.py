@@ -444,6 +444,7 @@ class Session(SessionBase):
           (the engine server streams those masks; :meth:`frame_mask` reads them).
         """
         labels, lo, hi, should_stop = self._plan(direction, objects, slice_range, stop_after, cancel)
+        self._check_prompts_in_range({label: self._prompted_slices(label) for label in labels}, lo, hi, slice_range)
         self.stop_background()
 
         with self._model_call("preparing propagation"):
@@ -508,6 +509,14 @@ class Session(SessionBase):
         finally:
             close_progress()
         return report
+
+    def _prompted_slices(self, label: int) -> list[int]:
+        """The slices holding object ``label``'s prompts, whether or not a propagation has consolidated them yet."""
+        idx = self._state["obj_id_to_idx"].get(label)
+        if idx is None:
+            return []
+        stores = (self._state["output_dict_per_obj"][idx], self._state["temp_output_dict_per_obj"][idx])
+        return sorted({s for store in stores for s in store["cond_frame_outputs"]})
 
     def _track_one(self, label: int, obj_idx: int, frame_idx: int, reverse: bool) -> bool:
         """One object on one slice, as upstream ``propagate_in_video`` does it; True if present."""

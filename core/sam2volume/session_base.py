@@ -281,6 +281,19 @@ class SessionBase:
         should_stop = cancel.is_set if isinstance(cancel, threading.Event) else cancel
         return labels, lo, hi, should_stop
 
+    def _check_prompts_in_range(self, prompted: dict[int, list[int]], lo: int, hi: int, slice_range: tuple[int, int] | None) -> None:
+        """Before any model work: with a ``slice_range``, each object to propagate needs a prompt inside it
+        (tracking starts from the prompts within the range; an object prompted only outside it would not propagate)."""
+        if slice_range is None:
+            return
+        for label, slices in prompted.items():
+            if slices and not any(lo <= s <= hi for s in slices):
+                shown = ", ".join(str(s) for s in sorted(slices)[:10]) + (", ..." if len(slices) > 10 else "")
+                raise InputError(
+                    f"object {label} ({self.objects[label].name}) is prompted only on slice(s) {shown}, outside slice_range ({lo}, {hi}), "
+                    "so it would not propagate; add a prompt inside the range, widen slice_range, or leave it out with objects=[...]"
+                )
+
     def _clear_until_next_prompt(self, label: int, frame_idx: int, reverse: bool, lo: int, hi: int, cond: list[int]) -> None:
         """After an object ends, earlier results beyond that point (up to its next prompt) go."""
         step = -1 if reverse else 1
