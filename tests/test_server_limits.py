@@ -126,6 +126,28 @@ def test_predictors_are_freed_with_their_last_session(server, ct):
             s.close()
 
 
+def test_a_released_predictor_is_garbage():
+    """In process: once its last user gives it back, nothing keeps the predictor (its memory goes)."""
+    import gc
+    import weakref
+
+    from sam2volume.server.config import ServerConfig
+    from sam2volume.server.pool import ModelPool
+
+    pool = ModelPool(ServerConfig(device="cpu", allow_random_weights=True))
+    cfg = pool.engine_config({"model": "sam2.1-hiera-tiny", "random_weights": True, "image_size": 128, "feature_cache_mb": 64})
+    first = pool.predictor(cfg)
+    assert pool.predictor(cfg) is first  # shared: two users
+    ref = weakref.ref(first)
+    del first
+    pool.release(cfg)
+    gc.collect()
+    assert ref() is not None and pool.loaded() == ["sam2.1-hiera-tiny@128px (random weights)"]  # one user left
+    pool.release(cfg)
+    gc.collect()
+    assert ref() is None and pool.loaded() == []
+
+
 # ------------------------------------------------------------------------------------------------ item 7
 def test_upload_limits_are_checked_on_the_header_before_the_body(server):
     header = {"shape": [1000, 1000, 1000], "dtype": "<i2", "spacing": [1, 1, 1], "origin": [0, 0, 0],
