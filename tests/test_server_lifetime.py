@@ -79,6 +79,29 @@ def test_stop_ends_the_server_behind_a_launcher_that_forwards_no_signal(tmp_path
     assert not server.alive()
 
 
+QUITTING_LAUNCHER = """#!{python}
+# TEST DOUBLE for a launcher that starts the real interpreter and exits at once, leaving it running
+import os, subprocess, sys
+child = subprocess.Popen([{python!r}, *sys.argv[1:]], stdin=subprocess.DEVNULL)
+open(os.environ["CHILD_PID_FILE"], "w").write(str(child.pid))
+sys.exit(1)
+"""
+
+
+def test_a_launcher_that_exits_leaves_no_server_behind(tmp_path, monkeypatch):
+    from sam2volume.client import ServerError, start_local_server
+
+    path = tmp_path / "QuittingLauncher"
+    path.write_text(QUITTING_LAUNCHER.format(python=sys.executable))
+    path.chmod(0o755)
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("CHILD_PID_FILE", str(pid_file))
+    with pytest.raises(ServerError, match="exited with code 1"):
+        start_local_server(str(path), device="cpu", timeout=120)
+    pid = int(pid_file.read_text())
+    assert wait_for(lambda: not exists(pid), GONE_WITHIN_S)
+
+
 PARENT = """
 import json, sys, time
 sys.path.insert(0, {core!r})

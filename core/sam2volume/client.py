@@ -623,6 +623,7 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     deadline = time.monotonic() + timeout
     while not ready.is_file():
         if not server.alive():
+            server.stop()  # a launcher that exited may leave its child in the group
             raise ServerError(f"the sam2volume server exited with code {proc.returncode} while starting ({' '.join(cmd)}); "
                               f"its log ends:\n{server.log_tail()}")
         if time.monotonic() > deadline:
