@@ -38,7 +38,12 @@ if ! "$VPY" -c "import sam2.sam2_video_predictor" >/dev/null 2>&1; then
   pipi --no-deps "rf-sam-2==1.0.3"
 fi
 # our package with its declared dependencies; torch is already satisfied so pip adds nothing to it
-pipi -e ".[engine,metrics,plots,server,slicer,distributed,test]"
+pipi -e ".[engine,metrics,plots,server,slicer,distributed,test,web]"
+# the web front-end's trame-slicer needs slicer-layer-dm, whose 2.0.0 declares slicer-core 5.11 only; it loads and
+# is tested against the slicer-core above (tests/test_web_frontend.py), so it is installed without its declared pin
+if ! "$VPY" -m pip show -q slicer-layer-dm >/dev/null 2>&1; then
+  pipi --no-deps "slicer-layer-dm==2.0.0"
+fi
 "$VPY" -c "import torch, sam2.sam2_video_predictor, sam2volume, monai, fastapi, uvicorn, slicer_core, ray" || { echo "setup: import check failed" >&2; exit 1; }
 if "$VPY" -c "import torchvision" >/dev/null 2>&1; then :; else
   "$VPY" -m pip show -q torchvision >/dev/null 2>&1 && { echo "setup: an unusable torchvision is installed; removing it"; "$VPY" -m pip uninstall -y -q torchvision; }
@@ -47,5 +52,13 @@ fi
 if ! command -v dciodvfy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get install -y -q dicom3tools >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dicom3tools >/dev/null 2>&1; }) \
     || echo "setup: dicom3tools not installed (DICOM-SEG validation with dciodvfy will be skipped)"
+fi
+# optional: the system Chromium that Playwright drives in the web front-end's tests (skipped without it);
+# "playwright install" would download a browser instead
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+    || echo "setup: chromium not installed (the web front-end's browser tests will be skipped)"
+elif ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: chromium not installed (needs root and apt-get; the web front-end's browser tests will be skipped)"
 fi
 echo "setup: ready ($("$VPY" -c 'import torch, sam2volume; print("torch", torch.__version__, "| sam2volume", sam2volume.__version__)'))"
