@@ -198,6 +198,9 @@ def test_a_segmentation_on_another_grid_keeps_its_other_segments(ct, labels, log
     numpy_support.vtk_to_numpy(fine.GetPointData().GetScalars())[:] = values.ravel()
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(fine, seg, other, 0)
     before = segment_voxels(seg, other)
+    # "allow overlap" in the Segment Editor's setting: the liver takes no voxels from the other segment
+    # (with "overwrite all", Slicer's default, it would: test_slicer_overwrite_mode.py)
+    slicer.modules.segmentations.logic().SetDefaultOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
     seg2, liver = logic.prepareSegmentation(ct, seg, "liver")
     assert seg2 is seg
     k = 14

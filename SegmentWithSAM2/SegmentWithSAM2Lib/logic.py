@@ -23,7 +23,7 @@ from sam2volume.errors import CancelledError
 from .controller import SegmentationController, SliceUpdate, merge_runs
 from .engine_link import EngineLink, Settings
 from .geometry import runs_of
-from .writeback import read_slab, write_slab
+from .writeback import overwritable_segments, overwrite_mode, read_slab, write_slab
 
 log = logging.getLogger("SegmentWithSAM2")
 
@@ -565,10 +565,12 @@ class SegmentWithSAM2Logic:
         current = read_slab(segmentationNode, segmentId, volumeNode, axis, first, last)
         differs = np.any(current != slab_kji, axis=tuple(x for x in range(3) if x != k_axis))
         written = 0
+        # other segments under the mask: as the Segment Editor's overwrite setting says (all, visible, none)
+        overwrite = overwritable_segments(segmentationNode, segmentId, overwrite_mode(self.scene)) if differs.any() else []
         for f, l in runs_of(differs):
             sub: list[Any] = [slice(None)] * 3
             sub[k_axis] = slice(f, l + 1)
-            write_slab(segmentationNode, segmentId, volumeNode, axis, first + f, first + l, slab_kji[tuple(sub)])
+            write_slab(segmentationNode, segmentId, volumeNode, axis, first + f, first + l, slab_kji[tuple(sub)], overwrite)
             self._written.setdefault((segmentationNode.GetID(), segmentId), set()).update((axis, n) for n in range(first + f, first + l + 1))
             written += l - f + 1
         return written

@@ -10,6 +10,13 @@ extent (``vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment``; see
 ``MODE_REPLACE`` with an extent would replace the whole segment by the slab, and ``MODE_MERGE_MAX``
 takes the raw maximum, which writes label 1 (another segment's value) into a shared layer.
 
+Other segments under the mask follow the Segment Editor's overwrite setting, as its effects do
+(``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``): the scene's Segment Editor node's
+``OverwriteMode`` (else the default node's, which Slicer sets from the application settings) names the
+segments the mask may take voxels from (all, visible, none); those sharing the layer are overwritten
+by ``segmentIdsToOverwrite``, those in other layers lose the mask's voxels (``MODE_MERGE_MIN``), and
+with "allow overlap" (none) a segment that would overlap another moves to a layer of its own.
+
 Both images are built on the lattice the segment's labelmap already has (the segmentation's own
 geometry, which may be oversampled or cover another extent than the volume), so Slicer never
 resamples the shared labelmap layer: the volume's mask is sampled onto that lattice by nearest
@@ -17,6 +24,8 @@ neighbour. The same sampling reads a segment back in the volume's lattice.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import slicer
@@ -66,6 +75,32 @@ def segment_lattice(segmentationNode, segmentId, volumeNode) -> np.ndarray:
     return volume_ijk_to_segmentation(volumeNode, segmentationNode)
 
 
+SEGMENT_EDITOR_SINGLETON = "SegmentEditor"  # the Segment Editor module's node (SegmentEditor.py, selectParameterNode)
+
+
+def overwrite_mode(scene) -> int:
+    """The Segment Editor's overwrite setting (``vtkMRMLSegmentEditorNode.Overwrite*``): its node in the
+    scene, else the scene's default Segment Editor node (set from Slicer's application settings), else
+    Slicer's default, overwrite all."""
+    node = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.GetDefaultNodeByClass("vtkMRMLSegmentEditorNode")
+    return node.GetOverwriteMode() if node is not None else slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments
+
+
+def overwritable_segments(segmentationNode, segmentId: str, mode: int) -> list[str]:
+    """The other segments a mask written into ``segmentId`` may take voxels from under ``mode``
+    (as ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap`` chooses them)."""
+    editor = slicer.vtkMRMLSegmentEditorNode
+    if mode == editor.OverwriteNone:
+        return []
+    ids = [i for i in segmentationNode.GetSegmentation().GetSegmentIDs() if i != segmentId]
+    if mode == editor.OverwriteVisibleSegments:
+        display = segmentationNode.GetDisplayNode()
+        return [i for i in ids if display is not None and display.GetSegmentVisibility(i)]
+    return ids
+
+
 def _slab_bounds(voxel_axis: int, first: int, last: int, dims_ijk) -> tuple[np.ndarray, np.ndarray]:
     lo = np.zeros(3, int)
     hi = np.asarray(dims_ijk, int) - 1
@@ -110,8 +145,10 @@ def _image(values_kji: np.ndarray, a: np.ndarray, lattice: np.ndarray):
     return image
 
 
-def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, first: int, last: int, mask_kji: np.ndarray) -> None:
-    """Make the segment equal ``mask_kji`` on volume slices first..last along ``voxel_axis``; nothing else changes."""
+def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, first: int, last: int, mask_kji: np.ndarray,
+               overwrite: Sequence[str] = ()) -> None:
+    """Make the segment equal ``mask_kji`` on volume slices first..last along ``voxel_axis``. The segments
+    in ``overwrite`` (see :func:`overwritable_segments`) lose the mask's voxels; nothing else changes."""
     dims = volumeNode.GetImageData().GetDimensions()
     lo, hi = _slab_bounds(voxel_axis, first, last, dims)
     expected = (hi - lo + 1)[::-1]
@@ -147,11 +184,28 @@ def write_slab(segmentationNode, segmentId: str, volumeNode, voxel_axis: int, fi
         c_lo = np.maximum(a, [e[0], e[2], e[4]])
         c_hi = np.minimum(b, [e[1], e[3], e[5]])
         if np.all(c_hi >= c_lo):
-            _set(segmentationNode, segmentId, logic.MODE_MERGE_MIN, keep, a, c_lo, c_hi, lattice, f"clear slices {first}..{last}")
+            _set(segmentationNode, segmentId, logic.MODE_MERGE_MIN, keep, a, c_lo, c_hi, lattice, f"clear slices {first}..{last}",
+                 overwrite)
     box = _bounding_box(values)
     if box is not None:
         m_lo, m_hi = a + box[0], a + box[1]
-        _set(segmentationNode, segmentId, logic.MODE_MERGE_MASK, values, a, m_lo, m_hi, lattice, f"write slices {first}..{last}")
+        _set(segmentationNode, segmentId, logic.MODE_MERGE_MASK, values, a, m_lo, m_hi, lattice, f"write slices {first}..{last}",
+             overwrite)
+        _erase_from_other_layers(segmentationNode, segmentId, overwrite, 1 - values, a, m_lo, m_hi, lattice)
+
+
+def _erase_from_other_layers(segmentationNode, segmentId, overwrite, keep_kji, a, lo, hi, lattice) -> None:
+    """The segments to overwrite that do not share the written segment's layer lose the mask's voxels
+    (``segmentIdsToOverwrite`` only reaches the segments of the same layer)."""
+    if not overwrite:
+        return
+    segmentation = segmentationNode.GetSegmentation()
+    shared: list[str] = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segmentId, shared, True)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for other in overwrite:
+        if other not in shared and segmentation.GetSegment(other) is not None:
+            _set(segmentationNode, other, logic.MODE_MERGE_MIN, keep_kji, a, lo, hi, lattice, "take the mask's voxels from", [])
 
 
 def _bounding_box(values_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -166,13 +220,13 @@ def _bounding_box(values_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     return np.array(lo), np.array(hi)
 
 
-def _set(segmentationNode, segmentId, mode, values_kji, a, lo, hi, lattice, what):
+def _set(segmentationNode, segmentId, mode, values_kji, a, lo, hi, lattice, what, overwrite: Sequence[str] = ()):
     """SetBinaryLabelmapToSegment with the part lo..hi (lattice indices) of an image that starts at ``a``."""
     o_lo, o_hi = lo - a, hi - a + 1
     part = values_kji[o_lo[2]:o_hi[2], o_lo[1]:o_hi[1], o_lo[0]:o_hi[0]]
     extent = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2])]
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(_image(part, lo, lattice), segmentationNode, segmentId, mode, extent):
+    if not logic.SetBinaryLabelmapToSegment(_image(part, lo, lattice), segmentationNode, segmentId, mode, extent, False, list(overwrite)):
         raise RuntimeError(f"Slicer could not {what} of segment {segmentId}")
 
 
