@@ -54,7 +54,10 @@ def test_segment_and_batch_accept_allow_uneven_spacing(tmp_path, pydicom_data, c
         code = main(["segment", str(series), "--prompts", str(p), "-o", str(tmp_path / "a.nii.gz"), "--engine", "baseline", "-q",
                      "--allow-uneven-spacing"])
     assert code == 0 and (tmp_path / "a.nii.gz").is_file()
-    with pytest.warns(UserWarning):
-        code = main(["batch", str(series), "--prompts", str(p), "-o", str(tmp_path / "b"), "--engine", "baseline", "-q",
-                     "--allow-uneven-spacing"])
+    capsys.readouterr()
+    # batch shows the library's warnings as one line each on stderr (cli_evaluate.warnings_as_lines)
+    code = main(["batch", str(series), "--prompts", str(p), "-o", str(tmp_path / "b"), "--engine", "baseline", "-q",
+                 "--allow-uneven-spacing"])
     assert code == 0 and (tmp_path / "b" / "CT2.nii.gz").is_file()
+    err = capsys.readouterr().err
+    assert "sam2volume batch: warning:" in err and "unevenly spaced" in err
