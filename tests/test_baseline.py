@@ -59,7 +59,7 @@ def test_cli_engine_baseline(tmp_path, totalseg):
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), "--prompts", str(examples / "prompts_ct_abdomen.json"),
                  "-o", str(out), "--engine", "baseline", "-q"]) == 0
-    report = json.loads((tmp_path / "seg.report.json").read_text())
+    report = json.loads((tmp_path / "seg.nii.gz.report.json").read_text())
     assert report["engine"] == "baseline" and report["config"] is None
     lab = read_labelmap(out).array
     ref = read_labelmap(totalseg / "example_seg.nii.gz").array

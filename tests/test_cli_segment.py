@@ -23,7 +23,7 @@ def test_segment_writes_labelmap_report_and_png(tmp_path, totalseg):
     assert main(_args(totalseg, out, ROOT_EXAMPLES / "prompts_ct_abdomen.json", "--png", str(tmp_path / "res" / "ct.png"))) == 0
     lab = read_labelmap(out, reference=read_volume(totalseg / "example_ct_sm.nii.gz"))
     assert {s["name"] for s in lab.meta["segments"]} <= {"liver", "spleen", "kidney_right"}
-    report = json.loads((tmp_path / "res" / "ct.report.json").read_text())
+    report = json.loads((tmp_path / "res" / "ct.seg.nrrd.report.json").read_text())
     assert report["random_weights"] is True and report["axis"] == "axial"
     assert [o["name"] for o in report["objects"]] == ["liver", "spleen", "kidney_right"]
     assert report["versions"]["sam2volume"] and report["seconds"]["propagate"] > 0
@@ -32,7 +32,7 @@ def test_segment_writes_labelmap_report_and_png(tmp_path, totalseg):
     assert rep["image_sha256"] == hashlib.sha256((totalseg / "example_ct_sm.nii.gz").read_bytes()).hexdigest()
     assert rep["prompts_sha256"] == hashlib.sha256((ROOT_EXAMPLES / "prompts_ct_abdomen.json").read_bytes()).hexdigest()
     assert rep["model"]["random_weights"] is True and rep["model"]["image_size"] == 128 and "checkpoint" not in rep
-    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["ct.png", "ct.report.json", "ct.seg.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["ct.png", "ct.seg.nrrd", "ct.seg.nrrd.report.json"]
 
 
 def _write(tmp_path, data):
@@ -120,6 +120,6 @@ def test_report_names_the_checkpoint_and_its_digest(tmp_path, totalseg):
                  "--stop-after", "1")
     args.remove("--random-weights")
     assert main(args) == 0
-    rep = json.loads((tmp_path / "o.report.json").read_text())["reproduce"]
+    rep = json.loads((tmp_path / "o.nii.gz.report.json").read_text())["reproduce"]
     assert rep["checkpoint"] == {"path": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "verified_against": None}
     assert rep["model"]["config"] == CONFIG and rep["model"]["name"] is None

@@ -238,8 +238,10 @@ def test_saved_predictions_carry_the_datasets_label_ids_and_names(totalseg, tmp_
     evaluate(root, "box-middle", run, engine="baseline", organs=["liver", "spleen"], overlays=False, save_predictions=True)
     pred = read_labelmap(run / "predictions" / "img0001.baseline.nii.gz")
     assert set(np.unique(pred.array).tolist()) == {0, 1, 6}  # BTCV: spleen 1, liver 6
-    side = json.loads((run / "predictions" / "img0001.baseline.labels.json").read_text())
+    side = json.loads((run / "predictions" / "img0001.baseline.nii.gz.labels.json").read_text())
     assert {d["value"]: d["name"] for d in side["labels"]} == {6: "liver", 1: "spleen"} and side["label_ids"] == "dataset"
+    table = (run / "predictions" / "img0001.baseline.nii.gz.labels.csv").read_text().splitlines()  # Slicer's colour table
+    assert [row.split(",")[:5] for row in table[1:]] == [["1", "spleen", "157", "108", "162"], ["6", "liver", "221", "130", "101"]]
     ref = read_labelmap(root / "label/label0001.nii.gz").array
     liver_dice = 2 * ((pred.array == 6) & (ref == 6)).sum() / ((pred.array == 6).sum() + (ref == 6).sum())
     scores = {r["object"]: float(r["dice"]) for r in _rows(run)}

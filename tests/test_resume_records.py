@@ -127,12 +127,12 @@ def test_batch_redoes_an_input_whose_report_is_another_inputs(totalseg, tmp_path
         (inputs / f"{name}.prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / "out"
     assert main(["batch", str(inputs), "-o", str(out), "--engine", "baseline", "-q"]) == 0
-    shutil.copy(out / "one.report.json", out / "two.report.json")
+    shutil.copy(out / "one.nii.gz.report.json", out / "two.nii.gz.report.json")
     capsys.readouterr()
     assert main(["batch", str(inputs), "-o", str(out), "--engine", "baseline", "-q"]) == 0
     err = capsys.readouterr().err
     report = json.loads((out / "batch_report.json").read_text())
     assert [Path(p).name for p in report["done"]] == ["two.nii.gz"] and len(report["skipped_finished"]) == 1
     assert report["redone"][0]["input"].endswith("two.nii.gz") and "one.nii.gz" in report["redone"][0]["reason"]
-    assert err.startswith("sam2volume batch: warning: ") and "two.report.json: report not trusted" in err and len(err.splitlines()) == 1
-    assert Path(json.loads((out / "two.report.json").read_text())["output"]).name == "two.nii.gz"
+    assert err.startswith("sam2volume batch: warning: ") and "two.nii.gz.report.json: report not trusted" in err and len(err.splitlines()) == 1
+    assert Path(json.loads((out / "two.nii.gz.report.json").read_text())["output"]).name == "two.nii.gz"

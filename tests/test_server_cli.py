@@ -48,7 +48,7 @@ def test_segment_on_a_server_writes_the_local_files(tmp_path, totalseg, server, 
                  "--server", server.url, "--token-file", str(token_file)]) == 0
     _same_labelmaps(local, remote, read_volume(ct_file))
     assert sorted(p.name for p in remote.parent.iterdir()) == sorted(p.name for p in local.parent.iterdir())
-    rep_l, rep_r = (json.loads(p.with_name("ct.report.json").read_text()) for p in (local, remote))
+    rep_l, rep_r = (json.loads(p.with_name(p.name + ".report.json").read_text()) for p in (local, remote))
     assert rep_r["server"] == server.url and rep_l["server"] is None
     assert rep_r["objects"] == rep_l["objects"] and rep_r["slices_run"] == rep_l["slices_run"]
 

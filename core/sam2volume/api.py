@@ -13,12 +13,22 @@ from . import __version__
 from .errors import InputError, check_count
 from .io import read_volume, write_labelmap
 from .io.atomic import check_output, split_suffix, write_json_atomic
-from .io.writers import check_segment_names, names_sidecar_path, output_kind, write_names_sidecar
+from .io.color_table import color_table_path
+from .io.writers import check_segment_names, label_sidecar_paths, names_sidecar_path, output_kind, write_names_sidecar
 from .prompts import PromptSet, apply_prompts, load_prompts, parse_prompts, plan_prompts
 from .volume import Volume
 
 
 def report_path(output: str | Path) -> Path:
+    """``out/ct.nii.gz`` -> ``out/ct.nii.gz.report.json``: named after the whole output name, so that outputs of
+    several formats in one folder (``ct.nii.gz``, ``ct.nrrd``, ``ct.seg.nrrd``) keep a report each."""
+    out = Path(output)
+    return out.with_name(out.name + ".report.json")
+
+
+def legacy_report_path(output: str | Path) -> Path:
+    """Where earlier versions wrote the run report (``out/ct.report.json``: one name for every format); a batch
+    resume still reads it there, and trusts it only if it names this very output."""
     out = Path(output)
     stem, _ = split_suffix(out)
     return out.with_name(stem + ".report.json")
@@ -86,7 +96,8 @@ def _check_outputs(output: str | Path, png: str | Path | None, image: Any, promp
     """Before any work: no output may be an input, folders must be writable, names must fit the format."""
     inputs: list[Any] = [m["file"] for o in pset.objects for m in o.masks]
     inputs += [p for p in (image, prompts) if isinstance(p, (str, Path))]
-    for path, what in ((output, "output"), (report_path(output), "run report"), (png, "PNG"), (names_sidecar_path(output), "label names")):
+    sidecars = [(p, "label names" if p == names_sidecar_path(output) else "colour table") for p in label_sidecar_paths(output)]
+    for path, what in ((output, "output"), (report_path(output), "run report"), (png, "PNG"), *sidecars):
         if path is not None:
             check_output(path, inputs, what)
     check_segment_names(output, [o.name for o in pset.objects])
@@ -200,6 +211,7 @@ def segment(
         side = write_names_sidecar(output, result.meta.get("segments", []))
         if side is not None:
             report["label_names"] = str(side)
+            report["color_table"] = str(color_table_path(output))
         if png is not None:
             from .overlay import save_overlay_png
 

@@ -3,7 +3,8 @@
 Inputs are image files, folders of image files, or DICOM series folders. Each input's prompts are
 ``--prompts FILE`` (one file for all, useful with LPS/RAS coordinates), else ``STEM.prompts.json``
 or ``STEM.json`` in ``--prompts-dir``, else ``STEM.prompts.json`` beside the image. Outputs are
-``OUT_DIR/STEM.nii.gz`` (or ``suffix``) with their run reports; an input whose output and report
+``OUT_DIR/STEM.nii.gz`` (or ``suffix``) with their run reports ``OUT_DIR/STEM.nii.gz.report.json`` (and,
+for NIfTI/NRRD/MHA, ``.labels.json`` and Slicer's colour table ``.labels.csv``); an input whose output and report
 exist is skipped, so a killed batch resumes where it stopped. Failures are listed in
 ``OUT_DIR/batch_report.json`` and the batch goes on.
 """
@@ -61,12 +62,18 @@ def find_prompts(image: Path, prompts: str | Path | None, prompts_dir: str | Pat
 SETTINGS_FILE = "batch_settings.json"
 
 
+def _found_report(out: Path) -> Path | None:
+    """The run report beside ``out``: ``OUT.report.json``, else where earlier versions wrote it (``STEM.report.json``,
+    one name for every format: :func:`_report_problem` trusts it only if it names ``out``); None if neither exists."""
+    from .api import legacy_report_path, report_path
+
+    return next((p for p in (report_path(out), legacy_report_path(out)) if p.is_file()), None)
+
+
 def _report_problem(out: Path, pfile: Path | None, settings: dict[str, Any]) -> str | None:
     """Why the run report beside ``out`` is not the report of this input's segmentation under these settings."""
-    from .api import report_path
-
     try:
-        report = json.loads(report_path(out).read_text(encoding="utf-8"))
+        report = json.loads(_found_report(out).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         return f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
     if not isinstance(report, dict) or report.get("command") != "segment":
@@ -145,13 +152,13 @@ def batch(
     todo, finished, redone = [], [], []
     for item in plan:  # an output with its report was finished by an earlier run
         image, out, pfile = item
-        if out.is_file() and report_path(out).is_file():
+        if out.is_file() and _found_report(out) is not None:
             why = _report_problem(out, pfile, settings)
             if why is None:
                 finished.append(item)
                 continue
             redone.append({"input": str(image), "reason": why})
-            warnings.warn(f"{report_path(out)}: report not trusted, {why}; segmenting {image} again", ResumeWarning, stacklevel=2)
+            warnings.warn(f"{_found_report(out)}: report not trusted, {why}; segmenting {image} again", ResumeWarning, stacklevel=2)
         todo.append(item)
     make_writable_folder(out_dir, "batch folder")
     with folder_lock(out_dir, f"batch folder {out_dir}", shard=num_parts > 1):

@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a volume from a prompts file with SAM2")
     p.add_argument("image", help="image file or DICOM series folder")
     p.add_argument("--prompts", required=True, help="prompts JSON file (format in README)")
-    p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm")
+    p.add_argument("-o", "--output", required=True, help="labelmap to write: .nii.gz, .nrrd, .mha, .seg.nrrd or .dcm (beside it "
+                   "OUTPUT.report.json; for .nii.gz/.nrrd/.mha also OUTPUT.labels.json and Slicer's colour table OUTPUT.labels.csv)")
     add_engine_options(p)
     p.add_argument("--axis", choices=["axial", "coronal", "sagittal"], help="slice axis (default: prompts file, else axial)")
     p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
@@ -131,7 +132,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         for obj in report["objects"]:
             print(f"  {obj['name']:<20} label {obj['label']:>3}: {obj['voxels']} voxels")
-        print(f"wrote {args.output} and {report_path(args.output)}" + (f" and {args.png}" if args.png else ""))
+        sidecars = [report["label_names"], report["color_table"]] if "color_table" in report else []
+        print(f"wrote {', '.join([str(args.output), *sidecars])} and {report_path(args.output)}" + (f" and {args.png}" if args.png else ""))
         print(f"{report['slices_run']} slices in {report['seconds']['propagate']} s ({report['seconds']['per_slice']} s/slice)")
     return 0
 

@@ -43,24 +43,37 @@ def output_kind(path: Path) -> str:
 
 
 def names_sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """``liver.nii.gz`` -> ``liver.labels.json``: the label names of a format that holds none."""
-    from .atomic import split_suffix
-
+    """``ct.nii.gz`` -> ``ct.nii.gz.labels.json``: the label names of a format that holds none, named after the
+    whole file name so that ``ct.nii.gz`` and ``ct.nrrd`` in one folder keep one each."""
     path = Path(path)
-    return path.with_name(split_suffix(path)[0] + ".labels.json")
+    return path.with_name(path.name + ".labels.json")
+
+
+def label_sidecar_paths(path: str | os.PathLike[str]) -> list[Path]:
+    """The files :func:`write_names_sidecar` writes beside ``path`` (none for .seg.nrrd and DICOM-SEG)."""
+    from .color_table import color_table_path
+
+    return [names_sidecar_path(path), color_table_path(path)] if output_kind(Path(path)) == "itk" else []
 
 
 def write_names_sidecar(path: str | os.PathLike[str], segments: Sequence[dict[str, Any]], **extra: Any) -> Path | None:
-    """Beside a NIfTI/NRRD/MHA labelmap, a JSON file naming each label value (those formats hold no names).
-    Nothing is written for .seg.nrrd and DICOM-SEG, which carry the names themselves."""
+    """Beside a NIfTI/NRRD/MHA labelmap (formats that hold no names), ``PATH.labels.json`` naming each label value
+    and ``PATH.labels.csv``, the same names and colours as a colour table 3D Slicer reads (see
+    :mod:`.color_table`). Missing names and colours are filled as :func:`normalize_segments` fills them. Nothing
+    is written for .seg.nrrd and DICOM-SEG, which carry the names themselves. Returns the ``.labels.json`` path."""
     from .atomic import write_json_atomic
+    from .color_table import color_table_path, write_color_table
 
     if output_kind(Path(path)) != "itk":
         return None
+    check_segment_names(path, [s["name"] for s in segments if s.get("name") is not None])
+    filled = {s["label"]: s for s in normalize_segments([], segments)}
+    labels = [{"value": int(s["label"]), "name": filled[int(s["label"])]["name"], "color": filled[int(s["label"])]["color"],
+               **{k: s[k] for k in s if k not in ("label", "name", "color")}}
+              for s in segments if int(s["label"]) != 0]
     side = names_sidecar_path(path)
-    labels = [{"value": int(s["label"]), "name": s.get("name"), "color": s.get("color"), **({k: s[k] for k in s if k not in ("label", "name", "color")})}
-              for s in segments]
-    write_json_atomic(side, {"labelmap": Path(path).name, "labels": labels, **extra})
+    write_json_atomic(side, {"labelmap": Path(path).name, "labels": labels, "color_table": color_table_path(path).name, **extra})
+    write_color_table(path, list(filled.values()))
     return side
 
 
@@ -74,15 +87,20 @@ def labelmap_dtype(array: np.ndarray) -> np.dtype:
 
 
 def normalize_segments(labels: Sequence[int], segments: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """One entry per label present: ``{label, name, color}``, filling missing names/colours."""
+    """One entry per label present: ``{label, name, color}``, filling missing names/colours: ``Segment_N``,
+    Slicer's colour for an organ of our vocabulary (:data:`.color_table.ORGAN_COLORS`), else a colour of
+    :data:`DEFAULT_COLORS` chosen by the label value (the same label gets the same colour in every file)."""
+    from .color_table import organ_color
+
     given = {int(s["label"]): s for s in (segments or [])}
     out = []
-    for n, label in enumerate(sorted(set(int(v) for v in labels) | set(given))):
+    for label in sorted(set(int(v) for v in labels) | set(given)):
         if label == 0:
             continue
         s = given.get(label, {})
-        color = s.get("color") or DEFAULT_COLORS[n % len(DEFAULT_COLORS)]
-        out.append({"label": label, "name": str(s.get("name") or f"Segment_{label}"), "color": [float(c) for c in color]})
+        name = str(s.get("name") or f"Segment_{label}")
+        color = s.get("color") or organ_color(name) or DEFAULT_COLORS[(label - 1) % len(DEFAULT_COLORS)]
+        out.append({"label": label, "name": name, "color": [float(c) for c in color]})
     return out
 
 
