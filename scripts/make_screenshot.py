@@ -173,6 +173,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.output.suffix.lower() != ".png":
         parser.error(f"--output {args.output} must end in .png")
+    if not (args.data / "totalseg" / "example_ct_sm.nii.gz").is_file():
+        parser.error(f"--data {args.data} holds no totalseg/example_ct_sm.nii.gz; pass the shared data folder")
 
     ct, seg, centre = make_segment(args.data)
     import slicer

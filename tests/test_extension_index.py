@@ -293,6 +293,10 @@ def test_screenshot_script_draws_the_ct_and_the_modules_segment(totalseg, tmp_pa
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/make_screenshot.py"), "-o", str(tmp_path / "x.jpg")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "must end in .png" in bad.stderr and not (tmp_path / "x.jpg").exists()
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/make_screenshot.py"), "-o", str(tmp_path / "y.png"),
+                          "--data", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "holds no totalseg/example_ct_sm.nii.gz" in bad.stderr
+    assert not (tmp_path / "y.png").exists() and "Traceback" not in bad.stderr
 
 
 # ---------------------------------------------------- Slicer's own validator, when a checkout is given
