@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -123,8 +124,21 @@ class EngineLink:
         self._server_key: tuple | None = None
 
     def local_server(self, settings: Settings):
-        """The local engine server for these settings (started, or restarted for another device)."""
-        from sam2volume.client import start_local_server
+        """The local engine server for these settings (started, or restarted for another device), once
+        it answers (a blocking wait of up to 2 minutes: Initialize starts it without waiting)."""
+        server = self.launch_local_server(settings)
+        try:
+            while not server.poll_ready(timeout=1.0):
+                time.sleep(0.05)
+        except Exception:
+            self.server = None  # stopped by poll_ready: the next call starts a new one
+            raise
+        return server
+
+    def launch_local_server(self, settings: Settings):
+        """The local engine server for these settings, started if needed without waiting for it:
+        its ``poll_ready()`` says when it answers."""
+        from sam2volume.client import launch_local_server
 
         key = (settings.device, settings.checkpoint, settings.model if settings.checkpoint else "")
         if self.server is not None and (key != self._server_key or not self.server.alive()):
@@ -138,8 +152,8 @@ class EngineLink:
 
                 spec = get_model(settings.model)
                 args += ("--checkpoint", settings.checkpoint, "--config", spec.config, "--custom-image-size", str(spec.image_size))
-            self.server = start_local_server(self.python, device=settings.device, engine_args=args,
-                                             allow_random_weights=self.allow_random_weights, log_file=log)
+            self.server = launch_local_server(self.python, device=settings.device, engine_args=args,
+                                              allow_random_weights=self.allow_random_weights, log_file=log)
             self._server_key = key
         return self.server
 
@@ -153,21 +167,26 @@ class EngineLink:
         server = self.local_server(settings)
         return server.url, server.token
 
+    def engine_config(self, settings: Settings) -> Any:
+        """The EngineConfig sessions of these settings ask for (None for the baseline): Initialize loads
+        the model of the same one, so that the first prompt's session finds it built."""
+        if settings.engine != "sam2":
+            return None
+        from sam2volume.engine.config import EngineConfig
+
+        # a custom checkpoint is the local server's model "custom", built with the chosen model's
+        # config and image size (a remote session never names files)
+        model = "custom" if settings.checkpoint and settings.mode == "local" else settings.model
+        # encoding ahead: the first propagation after a prompt finds those slices encoded already
+        fields = {**({"model": model} if model else {}), "encode_ahead": int(settings.encodeAhead), **self.config_overrides}
+        return EngineConfig(**fields)
+
     def factory(self, settings: Settings) -> Callable[..., Any]:
         """``(volume, axis) -> RemoteSession`` for these settings."""
         from sam2volume.client import RemoteSession
 
         url, token = self.endpoint(settings)
-        config = None
-        if settings.engine == "sam2":
-            from sam2volume.engine.config import EngineConfig
-
-            # a custom checkpoint is the local server's model "custom", built with the chosen model's
-            # config and image size (a remote session never names files)
-            model = "custom" if settings.checkpoint and settings.mode == "local" else settings.model
-            # encoding ahead: the first propagation after a prompt finds those slices encoded already
-            fields = {**({"model": model} if model else {}), "encode_ahead": int(settings.encodeAhead), **self.config_overrides}
-            config = EngineConfig(**fields)
+        config = self.engine_config(settings)
         window = None if settings.window == "auto" else settings.window
 
         def make(volume, axis):

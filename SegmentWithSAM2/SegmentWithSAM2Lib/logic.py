@@ -23,6 +23,7 @@ from sam2volume.errors import CancelledError
 from .controller import SegmentationController, SliceUpdate, merge_runs
 from .engine_link import EngineLink, Settings
 from .geometry import runs_of
+from .initializer import Initializer
 from .writeback import overwritable_segments, overwrite_mode, read_slab, write_slab
 
 log = logging.getLogger("SegmentWithSAM2")
@@ -271,6 +272,7 @@ class SegmentWithSAM2Logic:
         self.confirmOverwrite: Callable[[str], bool] | None = None
         self._trusted: set[tuple[str, str]] = set()  # (segmentation, segment): created here, or the user said yes
         self._written: dict[tuple[str, str], set[tuple[int, int]]] = {}  # (voxel axis, slice) this logic wrote
+        self.initializer: Initializer | None = None  # Initialize under way or done (stepped by poll)
 
     # ------------------------------------------------------------ sessions
     @property
@@ -281,6 +283,18 @@ class SegmentWithSAM2Logic:
     def sessionFactory(self, settings: Settings):
         return self.link.factory(settings)
 
+    def startInitialize(self, settings: Settings) -> Initializer:
+        """Initialize: start the engine server and load the model in the background; :meth:`poll`
+        steps it (each step blocks the GUI thread for half a second at most) until it is ready or failed."""
+        if self.initializing:
+            return self.initializer
+        self.initializer = Initializer(self.link, settings)
+        return self.initializer
+
+    @property
+    def initializing(self) -> bool:
+        return self.initializer is not None and not self.initializer.done
+
     def controllerFor(self, volumeNode, segmentationNode, settings: Settings) -> SegmentationController:
         """The controller of this (volume, segmentation). New engine settings replay its prompts; only
         a change of the volume's voxels or geometry starts over, and says so in :attr:`lastMessage`."""
@@ -288,6 +302,8 @@ class SegmentWithSAM2Logic:
             raise InputError("choose an input volume with image data first")
         if segmentationNode is None:
             raise InputError("choose a segmentation and segment first (or press New segment)")
+        if self.initializing:
+            raise InputError(f"the engine is still starting ({self.initializer.message}); prompt again once it is ready")
         key = (volumeNode.GetID(), segmentationNode.GetID())
         controller = self.controllers.get(key)
         server = self.link.server
@@ -480,7 +496,9 @@ class SegmentWithSAM2Logic:
         return self.task
 
     def poll(self) -> None:
-        """Advance the running propagation (the widget's 50 ms timer calls this)."""
+        """Advance Initialize and the running propagation (the widget's 50 ms timer calls this)."""
+        if self.initializing:
+            self.initializer.step()
         if self.task is not None:
             if not self.task.finished:
                 self.task.poll()

@@ -39,7 +39,8 @@ from .session_base import PropagationReport, SessionBase
 from .volume import Volume
 from .windowing import Window
 
-__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server", "read_token", "check_server"]
+__all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server",
+           "launch_local_server", "read_token", "check_server", "engine_settings", "load_model", "load_status"]
 
 #: EngineConfig fields a remote session sends (the server picks the device; paths never travel)
 _CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed",
@@ -367,14 +368,7 @@ class RemoteSession(SessionBase):
 
     @staticmethod
     def _config_settings(config: Any) -> dict[str, Any] | None:
-        if config is None:
-            return None
-        d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        paths = [k for k in ("checkpoint", "config_file", "extra_overrides") if d.get(k)]
-        if paths:
-            raise InputError(f"a remote session cannot name files on the server ({', '.join(paths)}); start the server with "
-                             "--checkpoint FILE.pt --config FILE.yaml and ask for model 'custom'")
-        return {k: d[k] for k in _CONFIG_FIELDS if k in d}
+        return engine_settings(config)
 
     def _upload(self) -> bool:
         path = f"/v{API_VERSION}/volumes/{self.volume_id}"
@@ -504,6 +498,48 @@ class RemoteSession(SessionBase):
         self.close()
 
 
+def engine_settings(config: Any) -> dict[str, Any] | None:
+    """The engine settings a remote session sends for ``config`` (an EngineConfig or a dict; None: the
+    server's defaults): never a path on the server, never the device."""
+    if config is None:
+        return None
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    paths = [k for k in ("checkpoint", "config_file", "extra_overrides") if d.get(k)]
+    if paths:
+        raise InputError(f"a remote session cannot name files on the server ({', '.join(paths)}); start the server with "
+                         "--checkpoint FILE.pt --config FILE.yaml and ask for model 'custom'")
+    return {k: d[k] for k in _CONFIG_FIELDS if k in d}
+
+
+def _load_path(settings: dict[str, Any] | None) -> str:
+    name = (settings or {}).get("model") or "default"  # "default": the server's first model
+    return f"/v{API_VERSION}/models/{urllib.parse.quote(str(name), safe='')}/load"
+
+
+def load_model(url: str, config: Any = None, *, token: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+    """Ask the server at ``url`` to load the model of ``config`` (the settings its sessions will send; None:
+    its default model) ahead of them, on its own worker thread. Returns at once (within ``timeout`` s) the
+    load's state as :func:`load_status` does; a session opened afterwards with the same settings finds the
+    model built."""
+    settings = engine_settings(config)
+    http_ = _Http(url, read_token(token, url=url), timeout)
+    try:
+        return http_.json("POST", _load_path(settings), {"config": settings})
+    finally:
+        http_.close()
+
+
+def load_status(url: str, config: Any = None, *, token: str | None = None, timeout: float = 1.0) -> dict[str, Any]:
+    """The state of the load :func:`load_model` asked for (one short request): ``stage`` (idle, queued,
+    downloading, building, ready, failed), ``bytes_done`` and ``bytes_total`` (None: unknown) of the
+    checkpoint's download, and ``error`` ({type, message} or None)."""
+    http_ = _Http(url, read_token(token, url=url), timeout)
+    try:
+        return http_.json("GET", _load_path(engine_settings(config)))
+    finally:
+        http_.close()
+
+
 def check_server(url: str, token: str | None = None, *, timeout: float = 5.0) -> dict[str, Any]:
     """Whether a sam2volume server answers at ``url`` (``GET /health``, same API version) and takes
     ``token`` (``GET /v1/models``), each request within ``timeout`` s. Returns /health's answer with the
@@ -520,9 +556,42 @@ def check_server(url: str, token: str | None = None, *, timeout: float = 5.0) ->
 class LocalServer:
     """A ``sam2volume serve`` process on loopback, started by :func:`start_local_server`."""
 
-    def __init__(self, url: str, token: str, process: subprocess.Popen, folder: Path, log_file: Path, command: list[str]):
+    def __init__(self, url: str, token: str, process: subprocess.Popen, folder: Path, log_file: Path, command: list[str],
+                 start_timeout: float = 120.0):
         self.url, self.token, self.process = url, token, process
         self.folder, self.log_file, self.command = folder, log_file, command
+        self.ready = bool(url)  #: it answers at ``url`` (set by :meth:`poll_ready`)
+        self.start_timeout = float(start_timeout)
+        self._deadline = time.monotonic() + start_timeout
+
+    def poll_ready(self, timeout: float = 0.5) -> bool:
+        """Whether the server answers yet, without waiting for it (one look at its ready file, then one
+        ``/health`` request of at most ``timeout`` s). Raises ServerError naming the command and the log's
+        tail, after stopping what is left, if the process exited or did not come up in time."""
+        if self.ready:
+            return True
+        cmd = " ".join(self.command)
+        ready_file = self.folder / "ready.json"
+        if not self.alive():
+            self.stop()  # a launcher that exited may leave its child in the group
+            raise ServerError(f"the sam2volume server exited with code {self.process.returncode} while starting ({cmd}); "
+                              f"its log ends:\n{self.log_tail()}")
+        late = time.monotonic() > self._deadline
+        if not ready_file.is_file():
+            if late:
+                self.stop()
+                raise ServerError(f"the sam2volume server did not come up within {self.start_timeout:g} s ({cmd}); its log ends:\n{self.log_tail()}")
+            return False
+        url = json.loads(ready_file.read_text())["url"]  # written atomically once it listens
+        try:
+            _Http(url, self.token, timeout).check_server()
+        except Sam2VolumeError as exc:
+            if getattr(exc, "kind", None) == TIMEOUT and not late:
+                return False  # busy for a moment: ask again at the next poll
+            self.stop()
+            raise ServerError(f"the sam2volume server started ({cmd}) but does not answer: {exc}; its log ends:\n{self.log_tail()}") from None
+        self.url, self.ready = url, True
+        return True
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -591,6 +660,21 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     Waits until ``GET /health`` answers; raises ServerError naming the command and the log's tail if
     the process exits or does not come up within ``timeout`` s. ``engine_args`` are more ``serve``
     options (limits, ``--idle-timeout``...). The child finds this copy of sam2volume first.
+    :func:`launch_local_server` starts it without waiting (a GUI polls :meth:`LocalServer.poll_ready`).
+    """
+    server = launch_local_server(python, device=device, model=model, engine_args=engine_args, timeout=timeout,
+                                 allow_random_weights=allow_random_weights, log_file=log_file, parent_pid=parent_pid)
+    while not server.poll_ready(timeout=max(1.0, server._deadline - time.monotonic())):
+        time.sleep(0.05)
+    return server
+
+
+def launch_local_server(python: str = sys.executable, *, device: str = "auto", model: str | None = None,
+                        engine_args: Sequence[str] = (), timeout: float = 120.0, allow_random_weights: bool = False,
+                        log_file: str | os.PathLike[str] | None = None, parent_pid: int | None = None) -> LocalServer:
+    """Start the server as :func:`start_local_server` does and return at once: its
+    :meth:`LocalServer.poll_ready` says when it answers (and raises if it exited or is not up within
+    ``timeout`` s).
 
     The server lives only as long as its parent: its stdin is a pipe this process holds
     (``--exit-with-stdin``), and on POSIX it also watches ``parent_pid`` (default: this process;
@@ -619,24 +703,7 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     with open(log, "ab") as out:
         group = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env, **group)
-    server = LocalServer("", token, proc, folder, log, cmd)
-    deadline = time.monotonic() + timeout
-    while not ready.is_file():
-        if not server.alive():
-            server.stop()  # a launcher that exited may leave its child in the group
-            raise ServerError(f"the sam2volume server exited with code {proc.returncode} while starting ({' '.join(cmd)}); "
-                              f"its log ends:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            server.stop()
-            raise ServerError(f"the sam2volume server did not come up within {timeout:g} s ({' '.join(cmd)}); its log ends:\n{server.log_tail()}")
-        time.sleep(0.05)
-    server.url = json.loads(ready.read_text())["url"]
-    try:
-        _Http(server.url, token, max(1.0, deadline - time.monotonic())).check_server()
-    except Sam2VolumeError as exc:
-        server.stop()
-        raise ServerError(f"the sam2volume server started ({' '.join(cmd)}) but does not answer: {exc}; its log ends:\n{server.log_tail()}") from None
-    return server
+    return LocalServer("", token, proc, folder, log, cmd, start_timeout=timeout)
 
 
 class RemoteEngine:

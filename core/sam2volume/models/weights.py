@@ -84,8 +84,10 @@ class WeightsManager:
         return data
 
     # ---------------------------------------------------------------- ensure
-    def ensure(self, spec: ModelSpec, progress: bool = False) -> Path:
-        """Path of a verified checkpoint, downloading it first if needed."""
+    def ensure(self, spec: ModelSpec, progress: bool = False,
+               on_progress: Callable[[int, int | None], None] | None = None) -> Path:
+        """Path of a verified checkpoint, downloading it first if needed (``on_progress(bytes so far,
+        total or None)`` after each chunk of that download)."""
         path = self.path_for(spec)
         if path.exists():
             self.verify(spec, path)
@@ -94,7 +96,7 @@ class WeightsManager:
             raise WeightsNotAvailableError(f"custom checkpoint {spec.filename} not found")
         if self.offline:
             raise WeightsNotAvailableError(self._offline_message(spec, "offline mode (SAM2VOLUME_OFFLINE) is on"))
-        return self.download(spec, progress=progress)
+        return self.download(spec, progress=progress, on_progress=on_progress)
 
     def verify(self, spec: ModelSpec, path: Path) -> None:
         expected = self.expected_sha256(spec)

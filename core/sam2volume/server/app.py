@@ -29,7 +29,8 @@ from . import API_HEADER, API_VERSION, REQUEST_ID
 from .config import ServerConfig
 from .hosted import HostedSession
 from .pool import ModelPool
-from .requests import AddBox, AddMask, AddObject, AddPoints, OpenSession, StartJob, parse
+from .loading import ModelLoader
+from .requests import AddBox, AddMask, AddObject, AddPoints, LoadModel, OpenSession, StartJob, parse
 from .store import Busy, LimitError, NotFound, RequestIdReused, SessionRegistry, VolumeStore, rss_bytes
 from .wire import ArrayDecoder, encode_array, pack_mask, scores_to_json, unpack_mask, volume_from
 
@@ -63,6 +64,7 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
     pool = ModelPool(config)
     volumes = VolumeStore(config)
     registry = SessionRegistry(config, volumes)
+    loader = ModelLoader(pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -179,7 +181,8 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             out.append({"name": spec.name, "image_size": spec.image_size, "description": spec.description,
                         "weights": wm.status(spec)})
         return {"models": out, "default": pool.models[0], "engines": ["sam2", "baseline"],
-                "random_weights": config.allow_random_weights, "device": config.device, "loaded": pool.loaded()}
+                "random_weights": config.allow_random_weights, "device": config.device, "loaded": pool.loaded(),
+                "loading": loader.all()}
 
     @app.get("/models", dependencies=[Depends(check_client)])
     async def models_root() -> dict[str, Any]:
@@ -189,9 +192,19 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
     async def models() -> dict[str, Any]:
         return await run_in_threadpool(models_info)
 
+    @v1.post("/models/{name}/load")
+    async def load_model(name: str, request: Request) -> dict[str, Any]:
+        """Load a model ahead of its sessions on a worker thread; answers at once (poll GET for the stage)."""
+        req = parse(LoadModel, await body(request))
+        return loader.start(name, req.config)
+
+    @v1.get("/models/{name}/load")
+    async def load_state(name: str) -> dict[str, Any]:
+        return loader.status(name)
+
     @v1.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {**registry.stats(), **volumes.stats(), "rss_bytes": rss_bytes(), "limits": {
+        return {**registry.stats(), **volumes.stats(), "rss_bytes": rss_bytes(), "models_built": pool.builds, "limits": {
             "max_sessions": config.max_sessions, "max_upload_bytes": config.max_upload_bytes,
             "max_voxels": config.max_voxels, "max_body_bytes": config.max_body_bytes,
             "idle_timeout_s": config.idle_timeout_s, "upload_timeout_s": config.upload_timeout_s,

@@ -80,6 +80,8 @@ class ModelPool:
             self.models.insert(0, CUSTOM)
         self._predictors: dict[tuple[Any, ...], Any] = {}
         self._users: dict[tuple[Any, ...], int] = {}  #: sessions holding each predictor (freed at 0, but the default's)
+        self._pinned: set[tuple[Any, ...]] = set()  #: loaded ahead (POST /v1/models/{name}/load): kept until a session takes it
+        self.builds = 0  #: predictors built since the server started (GET /v1/stats ``models_built``)
         self._locks: dict[str, FairLock] = {}
         self._guard = threading.Lock()
         self._device: str | None = None
@@ -158,14 +160,15 @@ class ModelPool:
                 # a compiled model is compiled for one propagation batch size
                 cfg.encode_batch if cfg.compile else None)
 
-    def predictor(self, cfg: Any) -> Any:
+    def predictor(self, cfg: Any, *, user: bool = True) -> Any:
         """The shared predictor for ``cfg`` (built on first use, under the device's lock), with one more
-        user: give it back with :meth:`release` (the last user's release frees it, but the default's)."""
+        user: give it back with :meth:`release` (the last user's release frees it, but the default's).
+        ``user=False`` (loading ahead): no user, the predictor is kept until a session takes it."""
         key = self._key(cfg)
         with self._guard:
             pred = self._predictors.get(key)
             if pred is not None:
-                self._users[key] = self._users.get(key, 0) + 1
+                self._take(key, user)
                 return pred
         from ..engine.predictor import build_predictor
 
@@ -174,17 +177,32 @@ class ModelPool:
                 pred = self._predictors.get(key)
             if pred is None:
                 pred = build_predictor(cfg)
+                with self._guard:
+                    self.builds += 1
             with self._guard:
                 pred = self._predictors.setdefault(key, pred)
-                self._users[key] = self._users.get(key, 0) + 1
+                self._take(key, user)
         return pred
+
+    def _take(self, key: tuple[Any, ...], user: bool) -> None:
+        """One more user of ``key``'s predictor (a session: it is no longer pinned), or pin it: loaded ahead,
+        it outlives the sessions open now, until one opened later takes it (called with the guard)."""
+        if user:
+            self._users[key] = self._users.get(key, 0) + 1
+            self._pinned.discard(key)
+        else:
+            self._pinned.add(key)
+
+    def is_loaded(self, cfg: Any) -> bool:
+        with self._guard:
+            return self._key(cfg) in self._predictors
 
     def release(self, cfg: Any) -> None:
         """One user of ``cfg``'s predictor is done; the last one frees it (kept: the server's default model)."""
         key, keep = self._key(cfg), self._default_key()
         with self._guard:
             self._users[key] = self._users.get(key, 0) - 1
-            if self._users[key] > 0 or key == keep:
+            if self._users[key] > 0 or key == keep or key in self._pinned:
                 return
             del self._users[key]
             pred = self._predictors.pop(key, None)

@@ -31,6 +31,10 @@ class OpenSession(_Req):
     window: Optional[WindowReq] = None
 
 
+class LoadModel(_Req):
+    config: Optional[dict[str, Any]] = None  # the engine settings a session would send (OpenSession.config)
+
+
 class AddObject(_Req):
     label: int
     name: Optional[str] = None
