@@ -49,12 +49,19 @@ def serve_process(*args: str, token_dir: Any, timeout: float = 120.0) -> Iterato
         info = json.loads(ready.read_text())
         yield SimpleNamespace(url=info["url"], ready=info, log=log, process=proc, token=None)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_process(proc)
+
+
+def stop_process(proc: Any, timeout: float = 30.0) -> None:
+    """Terminate a child process; kill it if it has not ended within ``timeout`` s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 def raw(server: Any, method: str, path: str, body: Any = None, *, token: Any = True, headers: dict[str, str] | None = None,

@@ -48,6 +48,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.labelmap or is_seg_output:
         lab = read_labelmap(args.input, reference=reference, series_uid=args.series_uid, max_voxels=args.max_voxels)
         write_labelmap(lab, args.output, reference=reference)
+        import numpy as np
+
+        from .io.writers import normalize_segments, write_names_sidecar  # NIfTI/NRRD/MHA: names and Slicer colour table
+
+        write_names_sidecar(args.output, normalize_segments(np.unique(lab.array).tolist(), lab.meta.get("segments")))
     else:
         vol = read_volume(args.input, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing,
                           max_voxels=args.max_voxels)
@@ -80,11 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p)
     p.set_defaults(func=cmd_convert)
 
-    from . import cli_evaluate, cli_segment, cli_serve  # import nothing heavy
+    from . import cli_evaluate, cli_segment, cli_serve, cli_web  # import nothing heavy
 
     cli_segment.register(sub)
     cli_evaluate.register(sub)
     cli_serve.register(sub)
+    cli_web.register(sub)
     return parser
 
 

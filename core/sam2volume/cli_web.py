@@ -1,0 +1,82 @@
+"""``sam2volume web``: the browser front-end (trame-slicer), loopback only; the model in an engine server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("web", help="segment in a web browser: slice and 3D views, prompts, propagate, download (extra 'web')")
+    p.add_argument("image", help="the volume to segment (any format 3D Slicer reads: NIfTI, NRRD, MHA, ...)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--server", metavar="URL", help="a running engine server (sam2volume serve) instead of a local one")
+    p.add_argument("--token-file", help="file holding --server's token (default: the local token file for a loopback URL)")
+    where.add_argument("--engine", choices=["sam2", "baseline"], default="sam2", help="engine of the local server (default sam2)")
+    p.add_argument("--model", default="", help="SAM2 registry model (default: the server's)")
+    p.add_argument("--device", default="auto", help="the local engine server's device: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--window", default="auto", help="intensity window preset the engine uses (auto, abdomen, lung, bone, brain, ...)")
+    p.add_argument("--stop-after", type=int, default=3, help="stop propagating after this many empty slices (0: never)")
+    p.add_argument("--host", default="127.0.0.1", help="address the page is served on: loopback only (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
+    p.add_argument("--allow-random-weights", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_web)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """User errors as one sentence, before anything heavy starts."""
+    from pathlib import Path
+
+    from .errors import InputError
+    from .server.config import is_loopback
+
+    if not is_loopback(args.host):
+        raise InputError(f"--host {args.host} is not a loopback address; the web page has no token yet, so it is served "
+                         "on loopback only (use 127.0.0.1, and an SSH tunnel to reach it from another machine)")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a port number (0..65535)")
+    if not Path(args.image).is_file():
+        raise InputError(f"image {args.image} is not a file; give the path of a volume")
+    if args.server and not args.server.startswith(("http://", "https://")):
+        raise InputError(f"--server {args.server} is not an http(s) URL, e.g. http://gpu-host:8765")
+    if args.stop_after < 0:
+        raise InputError(f"--stop-after {args.stop_after} must be 0 (never) or more")
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import os
+
+    check_options(args)
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError as exc:
+        from .errors import InputError
+
+        raise InputError(f"sam2volume web needs the optional extra 'web' ({exc}); install it with: "
+                         "pip install 'segment-with-sam2[web]' and pip install --no-deps slicer-layer-dm==2.0.0") from None
+    os.environ.setdefault("TRAME_ARGS", "--server")  # trame reads no option of ours from sys.argv; no browser opened
+    from trame.app import get_server
+    from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
+
+    from .web.app import WebApp
+
+    token = None
+    if args.server and args.token_file:
+        from .server.config import read_token_file
+
+        token = read_token_file(args.token_file)
+    settings = Settings(mode="remote" if args.server else "local", engine="sam2" if args.server else args.engine,
+                        model=args.model, device=args.device, window=args.window, stopAfter=args.stop_after,
+                        serverUrl=args.server or "", serverToken=token or "")
+    import sys
+
+    log = os.path.join(os.path.expanduser("~"), ".cache", "sam2volume", "web-server.log")
+    link = EngineLink(python=sys.executable, log_file=log, allow_random_weights=args.allow_random_weights)
+    if settings.mode == "local":
+        link.endpoint(settings)  # start the local engine server now, not at the first click
+    server = get_server("sam2volume-web", client_type="vue3")
+    app = WebApp(server, args.image, settings, link)
+    try:
+        server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=True, timeout=0)
+    finally:
+        app.close()
+    return 0

@@ -1,0 +1,356 @@
+"""The web page: trame-slicer's slice and 3D views, SAM2 prompt tools, propagate, reset, download.
+
+Threads: trame runs the page, the views and every MRML change on its asyncio event loop. Engine
+requests (a prompt: the first SAM2 prompt encodes the image for seconds; a propagation's polls) run
+on one worker thread, in order; what they return is written into the segment back on the loop with
+the module's write-back (``SegmentWithSAM2Logic.applyUpdates`` / ``PropagationTask``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
+from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic, box_corners, describe_error, slice_node_for_point
+
+log = logging.getLogger("sam2volume.web")
+
+TOOLS = ("view", "positive", "negative", "box")
+LAYOUT = "Quad View"
+POLL_S = 0.5  # longest a propagation poll waits on the worker thread for new slices
+
+
+class FetchedJob:
+    """A propagation job as :class:`PropagationTask` sees it on the event loop: :meth:`fetch` asks the
+    server for new slices (on the worker thread), :meth:`poll` hands over what was fetched (no request)."""
+
+    def __init__(self, job: Any):
+        self.job = job
+        self._slices: list = []
+
+    def fetch(self, timeout: float) -> None:
+        self._slices += self.job.poll(timeout=timeout)
+
+    def poll(self, wait: float = 0.0, *, timeout: float | None = None) -> list:
+        out, self._slices = self._slices, []
+        return out
+
+    def cancel(self, *, timeout: float | None = None) -> None:
+        self.job.cancel(timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:  # finished, error, report, progress: the server job's
+        return getattr(self.job, name)
+
+
+class WebApp:
+    """One page (one trame server) on one volume, one segmentation with one segment."""
+
+    def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink):
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        self.server, self.settings = server, settings
+        self.state, self.ctrl = server.state, server.controller
+        server.enable_module(trame_slicer_module)
+        self.slicer_app = SlicerApp()
+        register_rca_factories(self.slicer_app.view_manager, server, slice_view_ui_f=_slice_view_ui)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
+        self.layout_manager.register_layout_dict({LAYOUT: LayoutManager.default_grid_configuration()[LAYOUT]})
+        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2volume-web-engine")
+        self.logic = SegmentWithSAM2Logic(link=link, scene=self.slicer_app.scene)
+        self._init_state()
+        self._build_ui()
+        self.layout_manager.set_layout(LAYOUT)
+        for view in self.slicer_app.view_manager.get_views():
+            # trame-slicer asks for 8x multisampling: click-to-picture 540-600 ms here, 210-250 ms without
+            view.render_window().SetMultiSamples(0)
+        self.volume = self._load(image)
+        self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
+        self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
+        self._observe_prompt_nodes()
+        self._publish_views()
+
+    # ------------------------------------------------------------ set-up
+    def _init_state(self) -> None:
+        s = self.state
+        s.trame__title = "Segment with SAM2"
+        s.tool = "view"
+        s.status = "choose + point, - point or box, then click in a slice view"
+        s.progress = 0
+        s.busy = False
+        s.prompts = []  # one line per prompt sent: kind, view, voxel (i, j, k)
+        s.prompt_points = []
+        s.views = {}  # per slice view: XY-to-RAS matrix and size (for pixel positions, e.g. in tests)
+        s.change("tool")(self._on_tool)
+
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import SinglePageLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v
+
+        with SinglePageLayout(self.server) as layout:
+            layout.title.set_text("Segment with SAM2")
+            with layout.toolbar:
+                with v.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", classes="mx-2"):
+                    v.VBtn("View", value="view", id="tool-view")
+                    v.VBtn("+ point", value="positive", id="tool-positive")
+                    v.VBtn("- point", value="negative", id="tool-negative")
+                    v.VBtn("Box", value="box", id="tool-box")
+                v.VBtn("Propagate", click=self.ctrl.propagate, disabled=("busy",), id="propagate", classes="mx-1")
+                v.VBtn("Cancel", click=self.ctrl.cancel, disabled=("!busy",), id="cancel", classes="mx-1")
+                v.VBtn("Undo", click=self.ctrl.undo, disabled=("busy",), id="undo", classes="mx-1")
+                v.VBtn("Reset", click=self.ctrl.reset, id="reset", classes="mx-1")
+                v.VBtn("Download .seg.nrrd", id="download", classes="mx-1",
+                       click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
+                v.VSpacer()
+                v.VProgressLinear(model_value=("progress",), id="progress", style="max-width: 200px", height=8)
+            with layout.content:
+                with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
+                    html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
+                    with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px;"):
+                        html.Div("{{ p }}", v_for="p in prompts", classes="prompt")
+                    with html.Div(style="flex: 1 1 auto; position: relative;"):
+                        self.layout_manager.initialize_layout_grid(layout)
+        self.ctrl.propagate.add(self.propagate)
+        self.ctrl.cancel.add(self.cancel)
+        self.ctrl.undo.add(self.undo)
+        self.ctrl.reset.add(self.reset)
+        self.ctrl.trigger("download_segmentation")(self.download)
+
+    def _load(self, image: str | os.PathLike[str]):
+        volumes = self.slicer_app.io_manager.load_volumes([str(image)])
+        if not volumes:
+            raise RuntimeError(f"3D Slicer could not read {image} as a volume")
+        volume = volumes[0]
+        dm = self.slicer_app.display_manager
+        dm.show_volume_in_slice_background(volume)
+        dm.show_volume_in_slice_foreground(None)
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.set_visible_in_3d(True)  # the slice planes in the 3D view (no volume rendering: CPU only)
+            view.fit_view_to_content()
+            view.get_view_node().AddObserver("ModifiedEvent", lambda *_: self._publish_views())
+            # the view clicked last: where three planes cross, the nearest plane alone cannot tell
+            view.interactor().AddObserver("LeftButtonPressEvent", lambda *_, n=view.get_view_node(): setattr(self, "_pressed", n), 10.0)
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()
+            view.interactor().AddObserver("LeftButtonPressEvent", lambda *_: setattr(self, "_pressed", None), 10.0)
+        return volume
+
+    def slice_nodes(self) -> list:
+        return [view.get_view_node() for view in self.slicer_app.view_manager.get_slice_views()]
+
+    def view_of(self, point_ras) -> Any:
+        """The slice view a prompt was placed in: the one clicked, else the one whose plane is nearest."""
+        pressed = getattr(self, "_pressed", None)
+        return pressed if pressed is not None else slice_node_for_point(point_ras, self.slice_nodes())
+
+    def _publish_views(self) -> None:
+        from slicer.util import arrayFromVTKMatrix
+
+        views = {}
+        for node in self.slice_nodes():
+            views[node.GetOrientation().lower()] = {
+                "id": f"view-{node.GetLayoutName()}",  # the page element that holds this view
+                "xy_to_ras": arrayFromVTKMatrix(node.GetXYToRAS()).round(6).tolist(),
+                "size": [int(x) for x in node.GetDimensions()[:2]],
+            }
+        if views != self.state.views:
+            self.state.views = views
+            self.state.flush()
+
+    # ------------------------------------------------------------ prompts
+    def _observe_prompt_nodes(self) -> None:
+        import slicer
+
+        for node, tag in getattr(self, "_observations", []):
+            node.RemoveObserver(tag)
+        self._prompt_nodes, self._observations = {}, []
+        for kind in ("positive", "negative", "box"):
+            node = self.logic.prompts.get(kind)
+            tag = node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                   lambda caller, event, k=kind: self._on_placed(k, caller))
+            self._prompt_nodes[kind] = node
+            self._observations.append((node, tag))
+        self._on_tool(self.state.tool)
+
+    def _on_tool(self, tool: str, **_: Any) -> None:
+        markups = self.slicer_app.markups_logic
+        if tool in self._prompt_nodes:
+            markups.place_node(self._prompt_nodes[tool], persistent=tool != "box")
+        else:
+            markups.disable_place_mode()
+
+    def _on_placed(self, kind: str, node) -> None:
+        if self.logic.busy:
+            self._refuse(kind, node, "a propagation is running; wait for it or press Cancel")
+            return
+        if kind == "box":
+            corners = box_corners(node)
+            if corners is None:
+                return  # the first of the box's two clicks
+            centre = [0.0] * 3
+            node.GetCenterWorld(centre)
+            slice_node = self.view_of(centre)
+            self._prompt(kind, node, lambda c, s2r, w2l: c.add_box(self.segment_id, corners, s2r, w2l, key=(node.GetID(), "box")),
+                         slice_node)
+            return
+        n = node.GetNumberOfControlPoints() - 1
+        point = [0.0] * 3
+        node.GetNthControlPointPositionWorld(n, point)
+        node.SetNthControlPointDescription(n, self.segment_id)
+        key = (node.GetID(), node.GetNthControlPointID(n))
+        slice_node = self.view_of(point)
+        self._prompt(kind, node, lambda c, s2r, w2l: c.add_points(self.segment_id, [point], [kind == "positive"], s2r, w2l, key=key),
+                     slice_node, key=key)
+
+    def _prompt(self, kind: str, node, send, slice_node, key=None) -> None:
+        """The controller's prompt call on the worker thread, its mask written on the loop."""
+        from slicer.util import arrayFromVTKMatrix
+        from SegmentWithSAM2Lib.logic import world_to_local
+
+        try:
+            c = self.logic.controllerFor(self.volume, self.segmentation, self.settings)
+            s2r, w2l = arrayFromVTKMatrix(slice_node.GetSliceToRAS()), world_to_local(self.volume)
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            self._refuse(kind, node, describe_error(exc), key)
+            return
+        self.state.status = f"{kind}: asking the engine ..."
+
+        async def run():
+            try:
+                update = await asyncio.get_running_loop().run_in_executor(self.engine, send, c, s2r, w2l)
+            except Exception as exc:  # noqa: BLE001
+                with self.state:
+                    self._refuse(kind, node, describe_error(exc), key)
+                return
+            with self.state:
+                self.logic.applyUpdates([update], self.segmentation, self.volume)
+                if kind == "box":
+                    self.logic.prompts.retire_box(node, self.segment_id)
+                    self._prompt_nodes["box"] = None
+                    self._observe_prompt_nodes()
+                self._list_prompts(c)
+                self.state.status = f"{kind}: mask shown on {c.axis} slice {update.first}"
+
+        _create_task(run())
+
+    def _refuse(self, kind: str, node, message: str, key=None) -> None:
+        """A refused prompt is not left on screen as if it counted."""
+        if kind == "box":
+            node.RemoveAllControlPoints()
+        elif key is not None:
+            index = node.GetNthControlPointIndexByID(key[1])
+            if index >= 0:
+                node.RemoveNthControlPoint(index)
+        else:
+            node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
+        self.state.status = f"{kind} not used: {message}"
+
+    def _list_prompts(self, c) -> None:
+        """The prompts the engine got, as lines in the page and as numbers (voxel indices i, j, k)
+        in the state ``prompt_points`` (what a test reads back)."""
+        lines, points = [], []
+        for p in c.prompts:
+            what = {"points": "+ point" if p.labels and p.labels[0] else "- point"}.get(p.kind, p.kind)
+            ijk = " ".join("(" + ", ".join(f"{x:g}" for x in np.round(v, 2)) + ")" for v in p.ijk)
+            lines.append(f"{what} {c.axis} ijk {ijk}")
+            points.append({"kind": p.kind, "axis": c.axis, "ijk": np.asarray(p.ijk, float).tolist(), "labels": p.labels})
+        self.state.prompts, self.state.prompt_points = lines, points
+
+    # ------------------------------------------------------------ propagate
+    def propagate(self) -> None:
+        if self.logic.busy:
+            self.state.status = "a propagation is already running"
+            return
+
+        async def run():
+            loop = asyncio.get_running_loop()
+            try:
+                task = await loop.run_in_executor(self.engine, lambda: self.logic.startPropagation(
+                    self.volume, self.segmentation, self.settings, onProgress=self._progress, onError=self._error))
+                job = task.job = FetchedJob(task.job)
+                with self.state:
+                    self.state.busy, self.state.progress = True, 0
+                    self.state.status = "propagating ... (Cancel stops after the current slice)"
+                while not task.finished:
+                    await loop.run_in_executor(self.engine, job.fetch, POLL_S)
+                    with self.state:
+                        task.poll()  # writes the fetched slices, and at the end the exact result
+            except Exception as exc:  # noqa: BLE001
+                with self.state:
+                    self.state.status = f"not propagated: {describe_error(exc)}"
+                    self.state.busy = False
+                return
+            with self.state:
+                self.state.busy = False
+                if task.error is None:
+                    self.state.progress = 100
+                    self.state.status = f"{'cancelled' if task.cancelled else 'propagated'}: {task.written} slices written"
+                self.segmentation.CreateClosedSurfaceRepresentation()  # the segment in the 3D view
+
+        _create_task(run())
+
+    def _progress(self, done: int, total: int) -> None:
+        self.state.progress = int(round(100 * done / max(1, total)))
+
+    def _error(self, message: str) -> None:
+        self.state.status = f"propagation failed: {message}"
+
+    def cancel(self) -> None:
+        self.logic.cancel()
+
+    def undo(self) -> None:
+        try:
+            self.logic.undoLastPrompt(self.volume, self.segmentation, self.segment_id)
+        except Exception as exc:  # noqa: BLE001
+            self.state.status = f"nothing undone: {describe_error(exc)}"
+            return
+        c = self.logic.controllers.get((self.volume.GetID(), self.segmentation.GetID()))
+        if c is not None:
+            self._list_prompts(c)
+        self.state.status = "last prompt undone"
+
+    def reset(self) -> None:
+        """Forget the prompts and clear the segment (a fresh start on this volume)."""
+        self.logic.reset(self.volume, self.segmentation)
+        self.segmentation.GetSegmentation().RemoveSegment(self.segment_id)
+        self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation)
+        self._observe_prompt_nodes()
+        self.state.prompts, self.state.prompt_points, self.state.progress, self.state.busy = [], [], 0, False
+        self.state.status = "reset: no prompts, empty segment"
+
+    # ------------------------------------------------------------ download
+    def download(self):
+        """The segmentation as .seg.nrrd bytes (written by Slicer's own segmentation storage node)."""
+        with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+            path = Path(folder) / "segmentation.seg.nrrd"
+            self.slicer_app.io_manager.write_segmentation(self.segmentation, path)
+            return self.server.protocol.addAttachment(path.read_bytes())
+
+    def close(self) -> None:
+        self.logic.close()
+        self.engine.shutdown(wait=False, cancel_futures=True)
+
+
+def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
+    """trame-slicer's own slice view controls, and an element naming the view (id view-Red, view-Yellow, ...)."""
+    from trame.widgets import html
+    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+    html.Div(id=f"view-{view.get_singleton_tag()}", classes="sam2-view-marker", style="display: none;")
+
+
+def _create_task(coro) -> None:
+    from trame_server.utils.asynchronous import create_task
+
+    create_task(coro)
