@@ -240,19 +240,30 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def onInitialize(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not start the engine.", waitCursor=True):
+        """Start the engine server and load the model in the background: the timer steps it (logic.poll),
+        the status line and progress bar show it, Slicer stays responsive."""
+        with slicer.util.tryWithErrorDisplay("Could not start the engine.", waitCursor=False):
             self._checked = None
             if not self.checkDependencies():
                 return
-            settings = self.settings()
-            progress = slicer.util.createProgressDialog(labelText="Starting the engine server ...", maximum=0)
-            try:
-                slicer.app.processEvents()
-                url, _ = self.logic.link.endpoint(settings)
-            finally:
-                progress.close()
-            where = "local engine server running at" if settings.mode == "local" else "remote server (reached at the first prompt):"
-            self._status(f"{where} {url}")
+            self._initShown = None
+            self.logic.startInitialize(self.settings())
+            self._showInitialize()
+
+    def _showInitialize(self) -> None:
+        """Initialize's stage in the status line and progress bar (download MB, else busy) until it ends."""
+        init = self.logic.initializer
+        if init is None or getattr(self, "_initShown", None) is init:
+            return
+        done, total = init.progress
+        self.ui.progressBar.setMaximum(total)  # 0: a busy indicator
+        self.ui.progressBar.setValue(done)
+        self._status(init.message)
+        self.ui.initializeButton.setEnabled(init.done)
+        if init.done:
+            self._initShown = init
+            if not init.ready:
+                logging.error(init.message)
 
     # ------------------------------------------------------------- prompts
     def _observePromptNodes(self) -> None:
@@ -414,6 +425,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.poll()
         except Exception as exc:  # noqa: BLE001 - a failure must not leave the status or Cancel stuck
             self._error(describe_error(exc))
+        self._showInitialize()
         self.ui.cancelButton.setEnabled(self.logic.busy)
 
     def _progress(self, done: int, total: int) -> None:
