@@ -106,3 +106,22 @@ def test_batch_resume_refuses_an_earlier_name_report_of_another_format(tmp_path,
     assert report["done"] == [str(out / "one.nii.gz")] and "one.nrrd" in report["redone"][0]["reason"]
     assert Path(json.loads((out / "one.nii.gz.report.json").read_text())["output"]).name == "one.nii.gz"
     shutil.rmtree(out)
+
+
+def test_convert_of_a_seg_nrrd_to_nifti_keeps_names_and_colours_beside_it(tmp_path):
+    """Before: `sam2volume convert x.seg.nrrd x.nii.gz --labelmap` wrote the labels only (their names were lost)."""
+    import numpy as np
+
+    from sam2volume import write_labelmap
+    from sam2volume.volume import Volume
+
+    array = np.zeros((10, 10, 4), np.uint8)
+    array[1:4, 1:4, 1] = 3
+    array[5:8, 5:8, 2] = 7
+    segs = [{"label": 3, "name": "spleen"}, {"label": 7, "name": "needle tip", "color": [0.0, 1.0, 0.0]}]
+    write_labelmap(Volume(array), tmp_path / "x.seg.nrrd", segments=segs)
+    assert main(["convert", str(tmp_path / "x.seg.nrrd"), str(tmp_path / "x.nii.gz"), "--labelmap", "-q"]) == 0
+    rows = (tmp_path / "x.nii.gz.labels.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:5] for r in rows] == [["3", "spleen", "157", "108", "162"], ["7", "needle tip", "0", "255", "0"]]
+    side = json.loads((tmp_path / "x.nii.gz.labels.json").read_text())
+    assert [(d["value"], d["name"]) for d in side["labels"]] == [(3, "spleen"), (7, "needle tip")]
