@@ -53,9 +53,9 @@ def merge_runs(updates: list[SliceUpdate]) -> list[SliceUpdate]:
 @dataclass
 class Prompt:
     segment_id: str
-    kind: str  # "points" | "box" | "mask"
-    ijk: np.ndarray | None = None  # (N, 3) voxel indices (a box: two corners), on one slice
-    labels: list[int] | None = None  # points: 1 positive, 0 negative
+    kind: str  # "points" | "box" | "mask" | "scribble" | "lasso" | "choice" (of a multimask candidate: labels [k], its mask)
+    ijk: np.ndarray | None = None  # (N, 3) voxel indices (a box: two corners; a scribble or lasso: its vertices), on one slice
+    labels: list[int] | None = None  # points: 1 positive, 0 negative (a scribble: one label for all of it)
     mask: np.ndarray | None = None  # mask prompts: 2D frame
     slice: int = -1  # the session's slice
     key: Any = None  # the markup that made it, e.g. (node id, control point id)
@@ -149,6 +149,20 @@ class SegmentationController:
         ijk = box_in_frame(world_to_ijk(corners_ras, self.ijk_to_ras, world_to_local), view)
         return self._add(Prompt(segment_id, "box", ijk, key=key), view.axis)
 
+    def add_scribble(self, segment_id: str, points_ras: Any, positive: bool, slice_to_ras: np.ndarray,
+                     world_to_local: np.ndarray | None = None, key: Any = None) -> SliceUpdate:
+        """A scribble drawn in a slice view (its vertices, world RAS, on the slice shown): the session
+        samples positive or negative points along it (``sam2volume.strokes``)."""
+        view, ijk = self.view_points(points_ras, slice_to_ras, world_to_local)
+        return self._add(Prompt(segment_id, "scribble", ijk, [int(bool(positive))], key=key), view.axis)
+
+    def add_lasso(self, segment_id: str, points_ras: Any, slice_to_ras: np.ndarray,
+                  world_to_local: np.ndarray | None = None, key: Any = None) -> SliceUpdate:
+        """A lasso drawn in a slice view (its polygon's vertices, world RAS, on the slice shown): the
+        session fills the polygon on the slice's pixel grid and takes it as a mask prompt."""
+        view, ijk = self.view_points(points_ras, slice_to_ras, world_to_local)
+        return self._add(Prompt(segment_id, "lasso", ijk, key=key), view.axis)
+
     def add_mask(self, segment_id: str, slice_kji: np.ndarray, slice_to_ras: np.ndarray,
                  world_to_local: np.ndarray | None = None) -> SliceUpdate:
         """Start from an existing segment: its content on the slice a view shows (``slice_kji``, the
@@ -189,10 +203,46 @@ class SegmentationController:
             session.add_points(label, p.ijk, p.labels, name=p.segment_id)
         elif p.kind == "box":
             session.add_box(label, p.ijk, name=p.segment_id)
+        elif p.kind == "scribble":
+            session.add_scribble(label, p.ijk, bool(p.labels[0]), name=p.segment_id)
+        elif p.kind == "lasso":
+            session.add_lasso(label, p.ijk, name=p.segment_id)
+        elif p.kind == "choice":
+            # the same candidate again where the engine makes it again (a replay on the same model), else its mask
+            found = session.candidates(label, p.slice)
+            if found is not None and p.labels[0] < len(found.masks) and np.array_equal(found.masks[p.labels[0]], p.mask):
+                session.choose_mask(label, p.slice, p.labels[0])
+            else:
+                session.add_mask(label, p.mask, p.slice, name=p.segment_id)
         else:
             session.add_mask(label, p.mask, p.slice, name=p.segment_id)
-        if p.kind != "mask":
+        if p.kind not in ("mask", "choice"):
             p.slice = session.slice_of(p.ijk[0])
+
+    # ------------------------------------------------------ multimask choice
+    def _newest_slice(self, segment_id: str) -> int:
+        for p in reversed(self.prompts):
+            if p.segment_id == segment_id:
+                return p.slice
+        raise InputError(f"segment {segment_id} has no prompt yet; click on a slice first")
+
+    def candidates(self, segment_id: str, s: int | None = None) -> Any:
+        """SAM2's masks (``MaskCandidates``) for the segment's single click on session slice ``s`` (default:
+        the slice of its newest prompt), or None where there are none (more prompts there, the baseline)."""
+        s = self._newest_slice(segment_id) if s is None else s
+        if self.session is None or self.labels.get(segment_id) not in self.session.objects:
+            return None
+        return self.session.candidates(self.labels[segment_id], s)
+
+    def choose_mask(self, segment_id: str, index: int, s: int | None = None) -> SliceUpdate:
+        """Candidate ``index`` becomes the segment's mask prompt on slice ``s`` (default: its newest
+        prompt's slice). The log keeps the choice with its mask, so a replay (new settings, an undo) gives
+        that mask again: the same candidate where the engine makes it again, else that mask as a mask prompt."""
+        s = self._newest_slice(segment_id) if s is None else s
+        label = self.labels[segment_id]
+        frame = self.session.choose_mask(label, s, index)
+        self.prompts.append(Prompt(segment_id, "choice", labels=[int(index)], mask=np.array(frame, bool), slice=s))
+        return self.slice_update(segment_id, s)
 
     def undo_last_prompt(self, segment_id: str | None = None) -> list[SliceUpdate]:
         """Take back the newest prompt (of ``segment_id``, or of any segment)."""

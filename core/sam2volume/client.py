@@ -35,7 +35,7 @@ from . import errors
 from .errors import CancelledError, InputError, Sam2VolumeError
 from .server import API_HEADER, API_VERSION, REQUEST_ID
 from .server.wire import decode_array, encode_array, scores_from_json, unpack_mask, volume_header, volume_id
-from .session_base import PropagationReport, SessionBase
+from .session_base import MaskCandidates, PropagationReport, SessionBase
 from .volume import Volume
 from .windowing import Window
 
@@ -416,6 +416,44 @@ class RemoteSession(SessionBase):
 
         s, m = self.mask_on_slice(mask, slice_index)
         return self._prompt("mask", label, s, {"mask": pack_mask(m)}, name)
+
+    def add_scribble(self, label: int, points: Any, positive: bool = True, *, coords: str = "voxel",
+                     slice_index: int | None = None, name: str | None = None) -> np.ndarray:
+        """As :meth:`Session.add_scribble`: checked here, sampled into points on the server."""
+        s, _, _ = self.scribble_on_slice(points, positive, coords, slice_index)
+        _, xy = self._stroke_on_slice(points, coords, s, "scribble", 1)
+        return self._prompt("scribble", label, s, {"points": xy.tolist(), "positive": bool(positive)}, name)
+
+    def add_lasso(self, label: int, polygon: Any, *, coords: str = "voxel", slice_index: int | None = None,
+                  name: str | None = None) -> np.ndarray:
+        """As :meth:`Session.add_lasso`: the polygon travels, the server fills it (no image library here)."""
+        from .strokes import polygon_area
+
+        s, xy = self._stroke_on_slice(polygon, coords, slice_index, "lasso", 3)
+        if polygon_area(xy) < 1.0:
+            raise InputError(f"the lasso on slice {s} encloses {polygon_area(xy):.2f} pixels; draw an outline around the object")
+        return self._prompt("lasso", label, s, {"points": xy.tolist()}, name)
+
+    def candidates(self, label: int, slice_index: int) -> MaskCandidates | None:
+        """As :meth:`Session.candidates` (None from the baseline engine)."""
+        self._require_object(label)
+        s = self._check_slice(slice_index)
+        rep = self._http.json("GET", self._path(f"/candidates?label={int(label)}&slice={s}"))["candidates"]
+        if rep is None:
+            return None
+        return MaskCandidates(np.stack([unpack_mask(m) for m in rep["masks"]]), np.asarray(rep["scores"], dtype=np.float64),
+                              int(rep["chosen"]))
+
+    def choose_mask(self, label: int, slice_index: int, index: int) -> np.ndarray:
+        """As :meth:`Session.choose_mask`."""
+        self._require_object(label)
+        s = self._check_slice(slice_index)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise InputError(f"candidate {index!r} must be a whole number (0, 1 or 2)")
+        rep = self._http.json("POST", self._path("/choose"), {"label": int(label), "slice": s, "index": int(index)})
+        mask = unpack_mask(rep["mask"])
+        self._masks.setdefault(int(label), {})[s] = mask
+        return mask
 
     def remove_object(self, label: int) -> None:
         self._require_object(label)

@@ -9,21 +9,26 @@ Format (JSON)::
         {"name": "liver", "label": 1, "color": [0.9, 0.5, 0.4],
          "points": [{"position": [60, 50, 14], "positive": true}, ...],
          "boxes":  [[[45, 27, 14], [104, 85, 14]]],          # two opposite corners on one slice
-         "masks":  [{"file": "liver.nii.gz", "value": 5, "slice": 14}]}   # a labelmap on the image grid
+         "masks":  [{"file": "liver.nii.gz", "value": 5, "slice": 14}],   # a labelmap on the image grid
+         "scribbles": [{"points": [[50, 40, 14], [70, 55, 14]], "positive": true}],   # a polyline on one slice
+         "lassos": [{"points": [[45, 30, 14], [100, 30, 14], [90, 80, 14]]}]}         # a polygon on one slice
       ]
     }
 
-Points of one object on the same slice form one prompt. Every value is checked before any model
+Points of one object on the same slice form one prompt. A scribble becomes points sampled along it
+and a lasso its filled region as a mask prompt (see :mod:`sam2volume.strokes`); each has 1 (a lasso:
+3) to 1000 points, all on one slice. Every value is checked before any model
 work starts, and errors name the object and the entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,6 +46,8 @@ class ObjectPrompts:
     points: list[tuple[list[float], bool]] = field(default_factory=list)
     boxes: list[list[list[float]]] = field(default_factory=list)
     masks: list[dict[str, Any]] = field(default_factory=list)
+    scribbles: list[tuple[list[list[float]], bool]] = field(default_factory=list)  # (vertices, positive)
+    lassos: list[list[list[float]]] = field(default_factory=list)  # polygon vertices
 
 
 @dataclass
@@ -52,8 +59,10 @@ class PromptSet:
 
 
 TOP_KEYS = ("description", "axis", "coordinates", "objects")
-OBJECT_KEYS = ("name", "label", "color", "description", "points", "boxes", "masks")
+OBJECT_KEYS = ("name", "label", "color", "description", "points", "boxes", "masks", "scribbles", "lassos")
 POINT_KEYS = ("position", "positive")
+SCRIBBLE_KEYS = ("points", "positive")
+LASSO_KEYS = ("points",)
 MASK_KEYS = ("file", "slice", "value")
 MAX_NAME = 128
 
@@ -122,6 +131,23 @@ def _point(p: Any, where: str) -> tuple[list[float], bool]:
     return _vec3(p.get("position"), where), positive
 
 
+def _stroke(st: Any, where: str, kind: str, keys: tuple[str, ...], minimum: int) -> tuple[list[list[float]], bool]:
+    """A scribble or lasso entry: {"points": [[x, y, z], ...]} (a scribble also "positive"), counts checked."""
+    from .strokes import MAX_STROKE_POINTS
+
+    example = '{"points": [[x, y, z], ...], "positive": true}' if kind == "scribble" else '{"points": [[x, y, z], ...]}'
+    if not isinstance(st, dict) or "points" not in st:
+        raise _fail(where, f"expected {example}, got {str(st)[:200]}")
+    _check_keys(st, keys, where)
+    points = _list(st["points"], where, "points")
+    if not minimum <= len(points) <= MAX_STROKE_POINTS:
+        raise _fail(where, f"a {kind} needs {minimum} to {MAX_STROKE_POINTS} points, got {len(points)}")
+    positive = st.get("positive", True)
+    if not isinstance(positive, bool):
+        raise _fail(where, f'"positive" must be true or false (a JSON boolean), got {positive!r}')
+    return [_vec3(p, f"{where}, point {n + 1}") for n, p in enumerate(points)], positive
+
+
 def _mask(mk: Any, where: str, base_dir: Path | None) -> dict[str, Any]:
     if not isinstance(mk, dict) or "file" not in mk or "slice" not in mk:
         raise _fail(where, 'expected {"file": "labels.nii.gz", "slice": N, "value": V}')
@@ -183,8 +209,12 @@ def parse_prompts(data: dict[str, Any], source: str = "prompts", base_dir: Path 
             op.boxes.append([_vec3(c, bw) for c in corners])
         for m, mk in enumerate(_list(obj.get("masks", []), where, "masks")):
             op.masks.append(_mask(mk, f"{where}, mask {m + 1}", base_dir))
-        if not (op.points or op.boxes or op.masks):
-            raise _fail(where, "has no points, boxes or masks")
+        for m, st in enumerate(_list(obj.get("scribbles", []), where, "scribbles")):
+            op.scribbles.append(_stroke(st, f"{where}, scribble {m + 1}", "scribble", SCRIBBLE_KEYS, 1))
+        for m, st in enumerate(_list(obj.get("lassos", []), where, "lassos")):
+            op.lassos.append(_stroke(st, f"{where}, lasso {m + 1}", "lasso", LASSO_KEYS, 3)[0])
+        if not (op.points or op.boxes or op.masks or op.scribbles or op.lassos):
+            raise _fail(where, "has no points, boxes, masks, scribbles or lassos")
         objects.append(op)
     return PromptSet(objects, coords, axis, source)
 
@@ -298,13 +328,30 @@ def plan_prompts(session: Any, prompts: PromptSet) -> list[tuple[str, Any]]:
             session.box_on_slice(box, coords=prompts.coordinates)
             planned.append(("box", (obj, box)))
         for s, pts in sorted(by_slice.items()):
-            if not any(positive for _, positive in pts) and not obj.boxes and not obj.masks:
+            if not any(positive for _, positive in pts) and not (obj.boxes or obj.masks or obj.lassos or any(p for _, p in obj.scribbles)):
                 raise InputError(f"{prompts.source}: object {obj.name!r} has only negative points on slice {s}; add a positive point or a box")
             planned.append(("points", (obj, s, pts)))
+        for m, (pts, positive) in enumerate(obj.scribbles):
+            with _naming(f"{prompts.source}: object {obj.name!r}, scribble {m + 1}"):
+                session.scribble_on_slice(pts, positive, prompts.coordinates)
+            planned.append(("scribble", (obj, pts, positive)))
         for mk in obj.masks:
             mask, s = _mask_prompt(session, prompts, obj, mk, labelmaps)
             planned.append(("mask", (obj, mask, s)))
+        for m, pts in enumerate(obj.lassos):
+            with _naming(f"{prompts.source}: object {obj.name!r}, lasso {m + 1}"):
+                session.lasso_on_slice(pts, prompts.coordinates)
+            planned.append(("lasso", (obj, pts)))
     return planned
+
+
+@contextlib.contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """An InputError raised inside names the prompts file's entry it is about."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 def apply_prompts(session: Any, prompts: PromptSet, planned: list[tuple[str, Any]]) -> None:
@@ -316,6 +363,12 @@ def apply_prompts(session: Any, prompts: PromptSet, planned: list[tuple[str, Any
         elif kind == "points":
             obj, s, pts = item
             session.add_points(obj.label, [p for p, _ in pts], [int(v) for _, v in pts], coords=prompts.coordinates, slice_index=s, name=obj.name)
+        elif kind == "scribble":
+            obj, pts, positive = item
+            session.add_scribble(obj.label, pts, positive, coords=prompts.coordinates, name=obj.name)
+        elif kind == "lasso":
+            obj, pts = item
+            session.add_lasso(obj.label, pts, coords=prompts.coordinates, name=obj.name)
         else:
             obj, mask, s = item
             session.add_mask(obj.label, mask, s, name=obj.name)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import CancelledError, InputError, Sam2VolumeError
-from .session_base import DIRECTIONS, ProgressFn, PropagationReport, SessionBase, SessionObject, SliceFn
+from .session_base import DIRECTIONS, MaskCandidates, ProgressFn, PropagationReport, SessionBase, SessionObject, SliceFn
 from .volume import Volume
 from .windowing import Window
 
@@ -146,6 +146,8 @@ class Session(SessionBase):
         self.feature_cache = FeatureCache(self.config.feature_cache_mb * 2**20)
         self._state = self._new_state()
         self._prompts: dict[tuple[int, int], _SlicePrompt] = {}
+        # (label, slice) -> SAM2's candidate masks of a single click there: low-res logits [K, h, w], scores, chosen
+        self._candidates: dict[tuple[int, int], tuple[Any, np.ndarray, list[int]]] = {}
 
     # ------------------------------------------------------------------ state
     def _new_state(self) -> dict[str, Any]:
@@ -295,6 +297,8 @@ class Session(SessionBase):
         self._scores.pop(label, None)
         for key in [k for k in self._prompts if k[0] == label]:
             del self._prompts[key]
+        for key in [k for k in self._candidates if k[0] == label]:
+            del self._candidates[key]
 
     def reset(self) -> None:
         """Forget every object, prompt and result (cached slice features are kept)."""
@@ -304,6 +308,7 @@ class Session(SessionBase):
             self._state = self._new_state()
             self.objects.clear()
             self._prompts.clear()
+            self._candidates.clear()
             self._logits.clear()
             self._scores.clear()
 
@@ -362,6 +367,7 @@ class Session(SessionBase):
         s, m = self.mask_on_slice(mask, slice_index)
         self.add_object(label, name)
         self._prompts.pop((label, s), None)
+        self._candidates.pop((label, s), None)
         with self._model_call("adding a mask"):
             _, obj_ids, masks = self.predictor.add_new_mask(
                 self._state, frame_idx=s, obj_id=label, mask=self._torch.as_tensor(m)
@@ -374,7 +380,9 @@ class Session(SessionBase):
         torch = self._torch
         pts = torch.tensor(points, dtype=torch.float32).reshape(-1, 2)
         lab = torch.tensor(point_labels, dtype=torch.int32).reshape(-1)
-        with self._model_call("adding a prompt"), self._previous_mask_available(label, s):
+        recording = getattr(self.predictor, "recording_sam_heads", None)
+        with self._model_call("adding a prompt"), self._previous_mask_available(label, s), \
+                (recording() if recording is not None else contextlib.nullcontext([])) as heads:
             _, obj_ids, masks = self.predictor.add_new_points_or_box(
                 self._state,
                 frame_idx=s,
@@ -386,7 +394,59 @@ class Session(SessionBase):
                 normalize_coords=True,
             )
             self._record_interaction(label, s)
+            self._keep_candidates(label, s, heads)
         return (masks[obj_ids.index(label), 0] > 0).cpu().numpy()
+
+    # ---------------------------------------------------- multimask candidates
+    def _keep_candidates(self, label: int, s: int, heads: list) -> None:
+        """After a prompt: SAM2's masks for it when its head made several (a single click), else none."""
+        self._candidates.pop((label, s), None)
+        if heads and heads[-1][0].shape[1] > 1:
+            logits, ious = heads[-1]
+            scores = ious[0].float().cpu().numpy().astype(np.float64)
+            self._candidates[(label, s)] = (logits[0].detach().to("cpu", self._torch.float32), scores, [int(np.argmax(scores))])
+
+    def candidates(self, label: int, slice_index: int) -> MaskCandidates | None:
+        """SAM2's three masks for the single click that is object ``label``'s prompt on a slice, with their
+        predicted IoU (upstream's multimask output: its video predictor keeps the best one), or None where
+        the slice's prompt is not one click (two points or more, a box or a mask make one mask)."""
+        self._require_object(label)
+        s = self._check_slice(slice_index)
+        found = self._candidates.get((label, s))
+        if found is None:
+            return None
+        logits, scores, chosen = found
+        masks = np.stack([self._logits_to_frame(logits[k][None, None]) > 0 for k in range(len(logits))])
+        return MaskCandidates(masks, scores.copy(), chosen[0])
+
+    def choose_mask(self, label: int, slice_index: int, index: int) -> np.ndarray:
+        """Make candidate ``index`` object ``label``'s mask prompt on that slice (as :meth:`add_mask`, so
+        propagation follows it); the slice then holds exactly that candidate. The candidates stay, so
+        another can be chosen instead; any other prompt on the slice replaces them."""
+        self._require_object(label)
+        s = self._check_slice(slice_index)
+        found = self._candidates.get((label, s))
+        if found is None:
+            raise InputError(f"object {label} has no mask candidates on slice {s}: SAM2 makes them for a single click; "
+                             "click once on the slice (its first point) to get them")
+        logits, scores, chosen = found
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= int(index) < len(logits):
+            raise InputError(f"candidate {index!r} does not exist: object {label} has candidates 0..{len(logits) - 1} on slice {s}")
+        k = int(index)
+        mask = self._logits_to_frame(logits[k][None, None]) > 0
+        self._prompts.pop((label, s), None)
+        with self._model_call("choosing a mask"):
+            self.predictor.add_new_mask(self._state, frame_idx=s, obj_id=label, mask=self._torch.as_tensor(mask))
+            # the slice holds the candidate's own logits (the mask prompt's output is that mask, resampled
+            # twice): what the user chose is what is shown and what SAM2's memory encodes for propagation
+            idx = self._state["obj_id_to_idx"][label]
+            temp = self._state["temp_output_dict_per_obj"][idx]
+            out = temp["cond_frame_outputs"].get(s) or temp["non_cond_frame_outputs"].get(s)
+            out["pred_masks"] = logits[k][None, None].to(out["pred_masks"].device, out["pred_masks"].dtype)
+            self._record_interaction(label, s)
+        chosen[0] = k
+        self._encode_ahead_of(s)
+        return self.frame_mask(label, s)
 
     @contextlib.contextmanager
     def _previous_mask_available(self, label: int, s: int) -> Iterator[None]:

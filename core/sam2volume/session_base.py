@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import InputError
 from .slicing import SliceAxis, parse_axis
+from .strokes import check_count, polygon_area, rasterise_polygon, sample_scribble
 from .volume import CANONICAL, Volume
 from .windowing import Window, choose_window
 
@@ -29,6 +30,16 @@ class SessionObject:
     label: int
     name: str
     color: list[float] | None = None
+
+
+@dataclass
+class MaskCandidates:
+    """SAM2's masks for one ambiguous click (a single point on a slice): its mask decoder makes three
+    and keeps the one it predicts best (the highest score); :meth:`SessionBase.choose_mask` takes another."""
+
+    masks: np.ndarray  #: (K, rows, cols) bool, frame layout
+    scores: np.ndarray  #: (K,) SAM2's predicted IoU of each mask
+    chosen: int  #: the candidate the slice holds now (SAM2's pick until choose_mask)
 
 
 @dataclass
@@ -255,6 +266,67 @@ class SessionBase:
         if x1 - x0 < 1 or y1 - y0 < 1:
             raise InputError(f"box [{x0}, {y0}, {x1}, {y1}] on slice {s} is empty (under one pixel wide or high)")
         return s, float(x0), float(y0), float(x1), float(y1)
+
+    def _stroke_on_slice(self, points: Any, coords: str, slice_index: int | None, kind: str, minimum: int) -> tuple[int, np.ndarray]:
+        """A scribble's or lasso's vertices: counted (before any other work), then mapped onto one slice."""
+        try:
+            arr = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{kind} points must be a list of coordinates, got {str(points)[:200]}") from None
+        width = 2 if coords == "frame" else 3
+        if arr.ndim != 2 or arr.shape[1] != width:
+            what = "(x, y) frame pixels" if coords == "frame" else f"3D {coords} coordinates"
+            raise InputError(f"{kind} points must be {what} of shape (N, {width}), got shape {arr.shape}")
+        check_count(len(arr), kind, minimum)
+        return self._to_frame(arr, coords, slice_index)
+
+    def scribble_on_slice(self, points: Any, positive: Any = True, coords: str = "voxel",
+                          slice_index: int | None = None) -> tuple[int, np.ndarray, list[int]]:
+        """Check a scribble (see :meth:`add_scribble`); returns (slice, sampled (M, 2) frame x/y, labels 0/1)."""
+        if not isinstance(positive, (bool, np.bool_)):
+            raise InputError(f"positive must be True (a positive scribble) or False (a negative one), got {positive!r}")
+        s, xy = self._stroke_on_slice(points, coords, slice_index, "scribble", 1)
+        sampled = sample_scribble(xy)
+        return s, sampled, [int(bool(positive))] * len(sampled)
+
+    def lasso_on_slice(self, polygon: Any, coords: str = "voxel", slice_index: int | None = None) -> tuple[int, np.ndarray]:
+        """Check a lasso (see :meth:`add_lasso`); returns (slice, its filled region as a 2D bool frame)."""
+        s, xy = self._stroke_on_slice(polygon, coords, slice_index, "lasso", 3)
+        if polygon_area(xy) < 1.0:
+            raise InputError(f"the lasso on slice {s} encloses {polygon_area(xy):.2f} pixels; draw an outline around the object")
+        return s, rasterise_polygon(xy, self.axis.frame_shape)
+
+    def add_scribble(self, label: int, points: Any, positive: bool = True, *, coords: str = "voxel",
+                     slice_index: int | None = None, name: str | None = None) -> np.ndarray:
+        """A scribble (a polyline, (N, 3) in ``coords``, or (N, 2) frame x/y with ``coords="frame"`` and
+        ``slice_index``) on one slice: positive or negative points sampled along it (see
+        :mod:`sam2volume.strokes`), added as :meth:`add_points` adds them; returns the slice's 2D mask."""
+        s, xy, labels = self.scribble_on_slice(points, positive, coords, slice_index)
+        return self.add_points(label, xy, labels, coords="frame", slice_index=s, name=name)
+
+    def add_lasso(self, label: int, polygon: Any, *, coords: str = "voxel", slice_index: int | None = None,
+                  name: str | None = None) -> np.ndarray:
+        """A lasso (a closed polygon, its vertices as for :meth:`add_scribble`) on one slice: its filled
+        region is the object's mask prompt there, as :meth:`add_mask` takes it; returns the slice's 2D mask."""
+        s, mask = self.lasso_on_slice(polygon, coords, slice_index)
+        return self.add_mask(label, mask, s, name=name)
+
+    # ---------------------------------------------------- multimask candidates
+    def candidates(self, label: int, slice_index: int) -> MaskCandidates | None:
+        """The masks SAM2 made for the single click that is object ``label``'s prompt on a slice, or None
+        where there are none: other prompts there (two points or more, a box, a mask) or an engine that
+        makes one mask per prompt (the baseline: always None)."""
+        self._require_object(label)
+        self._check_slice(slice_index)
+        return None
+
+    def choose_mask(self, label: int, slice_index: int, index: int) -> np.ndarray:
+        """Make candidate ``index`` of :meth:`candidates` object ``label``'s mask prompt on that slice
+        (propagation follows it); returns the slice's 2D mask, which equals that candidate."""
+        self._require_object(label)
+        s = self._check_slice(slice_index)
+        raise InputError(f"object {label} has no mask candidates on slice {s}: they come from SAM2 (engine 'sam2') "
+                         "for a single click on a slice; click once there, or use that mask as it is")
 
     # -------------------------------------------------------------- propagate
     def _plan(

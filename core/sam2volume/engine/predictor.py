@@ -9,6 +9,7 @@ are identical either way, so results equal upstream's.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,6 +79,9 @@ class FeatureCache:
         self.nbytes = 0
 
 
+_sam_heads = threading.local()  # CachedVideoPredictor.recording_sam_heads: per thread (a predictor may be shared)
+
+
 class CachedVideoPredictor(SAM2VideoPredictor):
     """Upstream's video predictor with a budgeted feature cache and an encoder-call counter."""
 
@@ -129,6 +133,25 @@ class CachedVideoPredictor(SAM2VideoPredictor):
         if cache.pos_enc is None or [p.shape for p in cache.pos_enc] != [p.shape for p in pos]:
             cache.pos_enc = [p.clone() for p in pos]
         return out
+
+    def _forward_sam_heads(self, *args, **kwargs):
+        out = super()._forward_sam_heads(*args, **kwargs)
+        sink = getattr(_sam_heads, "sink", None)
+        if sink is not None:  # every mask the SAM head made (low resolution logits) and its predicted IoU
+            sink.append((out[0].detach(), out[2].detach()))
+        return out
+
+    @contextlib.contextmanager
+    def recording_sam_heads(self) -> Iterator[list]:
+        """Collect, on this thread, what the SAM head makes inside the block: ``(masks [B, M, h, w],
+        ious [B, M])`` per call; M is 3 for an ambiguous single click (upstream keeps only the best)."""
+        sink: list = []
+        previous = getattr(_sam_heads, "sink", None)
+        _sam_heads.sink = sink
+        try:
+            yield sink
+        finally:
+            _sam_heads.sink = previous
 
     # Upstream stores memory features as bfloat16 and so only runs under bf16 autocast. Without
     # autocast (float32 on CPU), hand them back as float32: the same values, in a dtype the

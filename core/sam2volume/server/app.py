@@ -30,7 +30,7 @@ from .config import ServerConfig
 from .hosted import HostedSession
 from .pool import ModelPool
 from .loading import ModelLoader
-from .requests import AddBox, AddMask, AddObject, AddPoints, LoadModel, OpenSession, StartJob, parse
+from .requests import AddBox, AddLasso, AddMask, AddObject, AddPoints, AddScribble, ChooseMask, LoadModel, OpenSession, StartJob, parse
 from .store import Busy, LimitError, NotFound, RequestIdReused, SessionRegistry, VolumeStore, rss_bytes
 from .wire import ArrayDecoder, encode_array, pack_mask, scores_to_json, unpack_mask, volume_from
 
@@ -396,6 +396,39 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             return prompt_reply(s, req.label, s.add_mask(req.label, mask, req.slice, name=req.name))
 
         return await run_in_threadpool(run, sid, work, request, data)
+
+    async def prompt_request(sid: str, request: Request, model: Any, call: Any) -> dict[str, Any]:
+        """A prompt: the body checked as ``model``, then ``call(engine session, request)`` -> the slice's mask."""
+        data = await body(request)
+        req = parse(model, data)
+        return await run_in_threadpool(run, sid, lambda s: prompt_reply(s, req.label, call(s, req)), request, data)
+
+    @v1.post("/sessions/{sid}/scribble")
+    async def add_scribble(sid: str, request: Request) -> dict[str, Any]:
+        return await prompt_request(sid, request, AddScribble, lambda s, r: s.add_scribble(
+            r.label, r.points, r.positive, coords="frame", slice_index=r.slice, name=r.name))
+
+    @v1.post("/sessions/{sid}/lasso")
+    async def add_lasso(sid: str, request: Request) -> dict[str, Any]:
+        return await prompt_request(sid, request, AddLasso, lambda s, r: s.add_lasso(
+            r.label, r.points, coords="frame", slice_index=r.slice, name=r.name))
+
+    @v1.get("/sessions/{sid}/candidates")
+    async def candidates(sid: str, label: int, slice: int) -> dict[str, Any]:
+        """SAM2's masks for a single click on a slice (multimask output), or null where there are none."""
+
+        def work(s: Any) -> dict[str, Any]:
+            c = s.candidates(label, slice)
+            if c is None:
+                return {"candidates": None}
+            return {"candidates": {"masks": [pack_mask(m) for m in c.masks], "scores": [float(v) for v in c.scores],
+                                   "chosen": int(c.chosen)}}
+
+        return await run_in_threadpool(run, sid, work)
+
+    @v1.post("/sessions/{sid}/choose")
+    async def choose_mask(sid: str, request: Request) -> dict[str, Any]:
+        return await prompt_request(sid, request, ChooseMask, lambda s, r: s.choose_mask(r.label, r.slice, r.index))
 
     @v1.delete("/sessions/{sid}/objects/{label}")
     async def remove_object(sid: str, label: int, request: Request) -> dict[str, Any]:

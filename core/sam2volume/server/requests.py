@@ -63,6 +63,27 @@ class AddMask(_Req):
     name: Optional[str] = None
 
 
+class AddScribble(_Req):
+    label: int
+    slice: int
+    points: Annotated[list[Pair], Field(min_length=1, max_length=MAX_POINTS)]  # a polyline in frame pixels (x, y)
+    positive: bool = True
+    name: Optional[str] = None
+
+
+class AddLasso(_Req):
+    label: int
+    slice: int
+    points: Annotated[list[Pair], Field(min_length=3, max_length=MAX_POINTS)]  # a polygon in frame pixels (x, y)
+    name: Optional[str] = None
+
+
+class ChooseMask(_Req):
+    label: int
+    slice: int
+    index: int  # which of the slice's multimask candidates
+
+
 class StartJob(_Req):
     direction: str = "both"
     objects: Optional[Annotated[list[int], Field(max_length=65535)]] = None
