@@ -258,3 +258,38 @@ def test_a_model_loaded_ahead_is_kept_until_a_session_takes_it():
     assert pool.predictor(cfg) is first  # session B takes it
     pool.release(cfg)  # B closes: freed as any model but the server's default
     assert not pool.is_loaded(cfg) and pool.builds == 1
+
+
+def test_initialize_in_remote_mode_loads_the_model_on_that_server():
+    """Remote mode: a server someone started (here `sam2volume serve` on 127.0.0.1); Initialize reaches it
+    with the URL and token typed and loads the model there."""
+    from server_helpers import local_server
+
+    sc.fresh_scene()
+    with local_server("--model", "sam2.1-hiera-tiny", random_weights=True) as server:
+        link = sc.engine_link()
+        logic = SegmentWithSAM2Logic(link=link)
+        remote = dataclasses.replace(SAM2, mode="remote", serverUrl=server.url, serverToken=server.token)
+        init, steps = initialize(logic, remote)
+        assert init.ready, init.message
+        assert max(d for d, *_ in steps) < STEP_BOUND_S
+        assert link.server is None  # no local server was started
+        status, models = raw(server, "GET", "/v1/models")
+        assert any(m.startswith("sam2.1-hiera-tiny@128px") for m in models["loaded"]), models
+        wrong = dataclasses.replace(remote, serverToken="not-the-token")
+        init, _ = initialize(logic, wrong)
+        assert init.stage == "failed" and "token" in init.message, init.message
+
+
+def test_a_server_that_cannot_start_fails_initialize_with_its_log():
+    sc.fresh_scene()
+    link = EngineLink(python=sys.executable, engine_args=("--max-sessions", "-3"))
+    logic = SegmentWithSAM2Logic(link=link)
+    try:
+        init, steps = initialize(logic, BASELINE, timeout=120)
+        assert init.stage == "failed", init.message
+        assert max(d for d, *_ in steps) < STEP_BOUND_S
+        assert "exited with code" in init.message and "max-sessions" in init.message, init.message
+        assert not logic.initializing
+    finally:
+        logic.close()
