@@ -10,6 +10,7 @@ into the segment, the way Segment Editor modifies segments.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated
 
 import qt
@@ -27,7 +28,7 @@ from slicer.util import VTKObservationMixin
 import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.path)
 from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
-from SegmentWithSAM2Lib.logic import OverwriteDeclined, describe_error, slice_node_for_point
+from SegmentWithSAM2Lib.logic import OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -37,7 +38,8 @@ DEVICES = ["auto", "cuda", "mps", "cpu"]
 WINDOWS = ["auto", *CT_PRESETS, "percentile"]
 DIRECTIONS = ["both", "forward", "backward"]
 VIEWS = ["Red", "Yellow", "Green"]
-SHORTCUTS = {"1": "positive", "2": "negative", "3": "box"}
+# keys while the module is shown, anywhere in Slicer's main window (a key typed into a text field stays text)
+SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "T": "toggle", "P": "propagate", "U": "undo"}
 
 
 class SegmentWithSAM2(ScriptedLoadableModule):
@@ -50,7 +52,8 @@ class SegmentWithSAM2(ScriptedLoadableModule):
         self.parent.helpText = (
             "Click positive/negative points or draw a box on a slice; the 2D mask appears at once. "
             "Propagate through the volume with SAM2, correct on any slice and propagate again. "
-            "Keys in a slice view while the module is shown: 1 positive, 2 negative, 3 box, U undo last prompt. "
+            "Keys while the module is shown: 1 positive point, 2 negative point, T toggles the point tool's sign, "
+            "3 box, P propagate, U undo last prompt. "
             "See the project README, section 3D Slicer."
         )
         self.parent.acknowledgementText = "Uses Meta's SAM 2 (Apache-2.0) and MedSAM2 checkpoints."
@@ -93,7 +96,6 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._promptNodes: dict[str, object] = {}
         self._shortcuts: list = []
         self._checked: tuple | None = None
 
@@ -107,10 +109,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # asked before SAM2 writes over a segment's content that it did not write (declining writes nothing)
         self.logic.confirmOverwrite = lambda question: slicer.util.confirmYesNoDisplay(question, windowTitle="SegmentWithSAM2")
         place = slicer.qSlicerMarkupsPlaceWidget
-        for kind in ("positive", "negative", "box"):
-            widget = getattr(self.ui, f"{kind}PlaceWidget")
+        for widget, mode in ((self.ui.pointPlaceWidget, place.ForcePlaceMultipleMarkups), (self.ui.boxPlaceWidget, place.ForcePlaceSingleMarkup)):
             widget.setMRMLScene(slicer.mrmlScene)
-            widget.placeMultipleMarkups = place.ForcePlaceSingleMarkup if kind == "box" else place.ForcePlaceMultipleMarkups
+            widget.placeMultipleMarkups = mode
+        self.ui.pointSignButton.connect("toggled(bool)", self.onPointSign)
         self.ui.segmentSelector.setMRMLScene(slicer.mrmlScene)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -132,7 +134,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(50)
         self._timer.connect("timeout()", self.onTimer)
         self._timer.start()
-        self._observePromptNodes()
+        # a prompt's markups event only queues it in the logic; it is handled just after the event returns
+        self.logic.onPromptEvent = lambda: qt.QTimer.singleShot(0, self.onPromptEvents)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -143,31 +146,43 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.logic.observePromptNodes()
+        self._syncPlaceWidgets()
+        self._updateSliceRange()
         self._setShortcuts(True)
-        self.checkDependencies()
+        self.checkDependencies(onEntry=True)
 
     def exit(self) -> None:
+        """Leaving the module: no shortcuts, no observers on the prompt nodes, no placing of them."""
         self._setShortcuts(False)
-        self._checked = None
+        self.logic.unobservePromptNodes()
+        self.logic.stopPlacing()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
 
     # ----------------------------------------------------------------- scene
     def onSceneStartClose(self, caller, event) -> None:
+        self.logic.unobservePromptNodes()
         self.logic.reset()
-        self._unobservePromptNodes()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        self._observePromptNodes()
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.logic.observePromptNodes()
+            self._syncPlaceWidgets()
+
+    def onReload(self) -> None:
+        """Reload also re-imports SegmentWithSAM2Lib and sam2volume (Slicer re-executes only this file)."""
+        for name in reloadable_modules(list(sys.modules)):
+            del sys.modules[name]
+        super().onReload()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            first = default_input_volume(slicer.mrmlScene)  # never a labelmap
             if first:
                 self._parameterNode.inputVolume = first
 
@@ -216,27 +231,31 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._status(check_connection(url, token, timeout=3.0))
 
     # ---------------------------------------------------------- dependencies
-    def checkDependencies(self) -> bool:
-        """On module entry (and from Initialize): offer to install what this mode and engine need.
-        A refusal is remembered until the module is left, so entering again asks again."""
+    def checkDependencies(self, onEntry: bool = False) -> bool:
+        """Offer to install what this mode and engine need: from Initialize always, on module entry
+        unless the user declined these packages before (remembered in the application settings)."""
         from SegmentWithSAM2Lib import dependencies
 
         if self._parameterNode is None:
             return False
         s = self.settings()
-        key = (s.mode, s.engine)
         found = dependencies.problems(dependencies.needed(s.mode, s.engine))
         if not found:
-            self._checked = key
             return True
-        if self._checked == ("declined",) + key:
+        qs = slicer.app.settings()
+        missing = f"missing Python packages: {dependencies.describe(found)}; press Initialize to install them, or use remote mode"
+        if onEntry and not dependencies.ask_on_entry(qs, s.mode, s.engine, found):
+            self._status(missing)
             return False
+        declined = False
         with slicer.util.tryWithErrorDisplay("Could not install the Python packages.", waitCursor=True):
-            if dependencies.install(found):
-                self._checked = key
+            declined = not dependencies.install(found)
+            if not declined:
+                dependencies.forget_declined(qs)
                 return True
-        self._checked = ("declined",) + key
-        self._status(f"missing Python packages: {dependencies.describe(found)}; use remote mode, or re-enter the module to install")
+        if declined and not slicer.app.testingEnabled():
+            dependencies.remember_declined(qs, s.mode, s.engine, found)
+        self._status(missing)
         return False
 
     def onInitialize(self) -> None:
@@ -266,32 +285,34 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logging.error(init.message)
 
     # ------------------------------------------------------------- prompts
-    def _observePromptNodes(self) -> None:
-        self._unobservePromptNodes()
-        for kind in ("positive", "negative", "box"):
-            self._observePromptNode(kind, self.logic.prompts.get(kind))
+    def _pointKind(self) -> str:
+        return "negative" if self.ui.pointSignButton.checked else "positive"
 
-    def _observePromptNode(self, kind: str, node) -> None:
-        markups = slicer.vtkMRMLMarkupsNode
-        old = self._promptNodes.get(kind)
-        if old is not None:
-            for obj, event, method, *_ in list(self.Observations):
-                if obj is old:
-                    self.removeObserver(obj, event, method)
-        self.addObserver(node, markups.PointPositionDefinedEvent, lambda caller, event, k=kind: self.onPromptPlaced(k, caller))
+    def _syncPlaceWidgets(self) -> None:
+        """The point tool places into the positive or the negative prompt node (its sign), the box tool
+        into the unused box node (a used box makes a new one); a tool that was placing goes on placing."""
+        nodes = self.logic.observedPromptNodes
+        for widget, kind in ((self.ui.pointPlaceWidget, self._pointKind()), (self.ui.boxPlaceWidget, "box")):
+            node = nodes.get(kind)
+            if node is not None and widget.currentNode() is not node:
+                placing = widget.placeModeEnabled
+                widget.setCurrentNode(node)
+                if placing:
+                    widget.setPlaceModeEnabled(True)
+
+    def onPointSign(self, negative: bool) -> None:
+        self.ui.pointSignButton.text = "- negative" if negative else "+ positive"
+        self._syncPlaceWidgets()
+
+    def place(self, kind: str) -> None:
+        """Start placing a prompt: "positive" or "negative" (the point tool with that sign) or "box"."""
         if kind != "box":
-            self.addObserver(node, markups.PointEndInteractionEvent, self.onPointMoved)
-            self.addObserver(node, markups.PointRemovedEvent, self.onPointRemoved)
-        self._promptNodes[kind] = node
-        getattr(self.ui, f"{kind}PlaceWidget").setCurrentNode(node)
+            self.ui.pointSignButton.checked = kind == "negative"
+        (self.ui.boxPlaceWidget if kind == "box" else self.ui.pointPlaceWidget).setPlaceModeEnabled(True)
 
-    def _unobservePromptNodes(self) -> None:
-        """Remove this widget's observers of the prompt nodes (scene close, reset, reload)."""
-        nodes = list(self._promptNodes.values())
-        for obj, event, method, *_ in list(self.Observations):
-            if any(obj is n for n in nodes):
-                self.removeObserver(obj, event, method)
-        self._promptNodes = {}
+    def toggleSign(self) -> None:
+        """Key T: the point tool's other sign, placing points."""
+        self.place("positive" if self._pointKind() == "negative" else "negative")
 
     def _segment(self):
         seg = self.ui.segmentSelector.currentNode()
@@ -310,57 +331,46 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         widgets = [lm.sliceWidget(name) for name in VIEWS] if lm else []
         return [w.mrmlSliceNode() for w in widgets if w is not None and w.isVisible()]
 
-    def onPromptPlaced(self, kind: str, node) -> None:
+    def _promptTarget(self) -> PromptTarget:
+        return PromptTarget(*self._segment(), self.settings())
+
+    def onPromptEvents(self) -> None:
+        """Handle the prompts placed, moved or removed since the last call (never inside the markups
+        event: the logic queued them there). The overwrite question, if any, is asked from here."""
+        if not self.logic.promptEvents:
+            return
         with slicer.util.tryWithErrorDisplay("Could not use this prompt.", waitCursor=True):
             try:
-                self._promptPlaced(kind, node)
+                message = self.logic.handlePromptEvents(self._promptTarget, self._sliceNodes)
+                if message:
+                    self._status(message)
             except OverwriteDeclined as exc:  # the markup is removed already; the segment is unchanged
                 self._status(str(exc))
+        self._syncPlaceWidgets()
+        self._updateSliceRange()
 
-    def _promptPlaced(self, kind: str, node) -> None:
-        volume, seg, segmentId = self._segment()
-        settings = self.settings()
-        if kind == "box":
-            centre = [0.0] * 3
-            node.GetCenterWorld(centre)
-            try:
-                u = self.logic.addBox(volume, seg, segmentId, node, slice_node_for_point(centre, self._sliceNodes()), settings)
-            except Exception:
-                node.RemoveAllControlPoints()  # a refused box is not left on screen as if it counted
-                raise
-            if u is None:
-                return  # the first of the box's two clicks
-            self._observePromptNode("box", self.logic.prompts.get("box"))
-        else:
-            n = node.GetNumberOfControlPoints() - 1
-            point = [0.0] * 3
-            node.GetNthControlPointPositionWorld(n, point)
-            node.SetNthControlPointDescription(n, segmentId)
-            try:
-                self.logic.addPoints(volume, seg, segmentId, [point], [kind == "positive"],
-                                     slice_node_for_point(point, self._sliceNodes()), settings,
-                                     key=(node.GetID(), node.GetNthControlPointID(n)))
-            except Exception:
-                node.RemoveNthControlPoint(n)  # a refused point is not left on screen as if it counted
-                raise
-        self._status(f"{kind}: mask shown" + (f" ({self.logic.lastMessage})" if self.logic.lastMessage else ""))
-        self.logic.lastMessage = ""
-
-    def onPointMoved(self, caller, event) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not move this prompt.", waitCursor=True):
-            volume, seg, _ = self._segment()
-            self.logic.syncMovedPoints(volume, seg, caller, self._sliceNodes())
-
-    def onPointRemoved(self, caller, event) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not remove this prompt.", waitCursor=True):
-            volume, seg, _ = self._segment()
-            self.logic.removeMissingPoints(volume, seg, caller)
+    def _updateSliceRange(self) -> None:
+        """The slice range widget spans the volume's slices along the prompts' axis (volume slice
+        numbers, as the Data Probe shows them)."""
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        span = self.logic.sliceRange(volume, self.ui.segmentSelector.currentNode()) if volume is not None else None
+        self.ui.useRangeCheckBox.setEnabled(span is not None)
+        if span is None:
+            self.ui.useRangeCheckBox.checked = False
+            return
+        axis, lo, hi = span
+        w = self.ui.sliceRangeWidget
+        if (w.minimum, w.maximum) != (lo, hi):
+            w.setRange(lo, hi)
+            w.setValues(lo, hi)
+        self.ui.useRangeCheckBox.text = f"Only within {axis} slices (volume slice numbers)"
 
     def onUndoPrompt(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not undo the prompt.", waitCursor=True):
             volume, seg, segmentId = self._segment()
             self.logic.undoLastPrompt(volume, seg, segmentId)
             self._status("last prompt undone")
+            self._updateSliceRange()
 
     def _promptView(self, volume, seg):
         """The shown slice view whose orientation matches this segmentation's prompts (else the red one)."""
@@ -381,6 +391,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume, seg, segmentId = self._segment()
             self.logic.addMaskFromSegment(volume, seg, segmentId, self._promptView(volume, seg), self.settings())
             self._status("the segment's slice is now a mask prompt; propagate")
+            self._updateSliceRange()
 
     def _setShortcuts(self, on: bool) -> None:
         for s in self._shortcuts:
@@ -389,23 +400,23 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         if not on:
             return
-        # on the slice views only, so that typing in the module's fields is never taken as a shortcut
-        lm = slicer.app.layoutManager()
-        views = [lm.sliceWidget(name) for name in VIEWS] if lm else []
-        actions = [(key, lambda k=kind: getattr(self.ui, f"{k}PlaceWidget").setPlaceModeEnabled(True))
-                   for key, kind in SHORTCUTS.items()] + [("u", self.onUndoPrompt)]
-        for view in [v for v in views if v is not None]:
-            for key, action in actions:
-                s = qt.QShortcut(qt.QKeySequence(key), view)
-                s.setContext(qt.Qt.WidgetWithChildrenShortcut)
-                s.connect("activated()", action)
-                self._shortcuts.append(s)
+        # anywhere in the main window (no click into a view first); not while a dialog is on top, and a
+        # key typed into a text field or the Python console stays text (Qt offers it to the focused
+        # editor first, as a ShortcutOverride event)
+        actions = {"positive": lambda: self.place("positive"), "negative": lambda: self.place("negative"),
+                   "box": lambda: self.place("box"), "toggle": self.toggleSign, "propagate": self.onPropagate,
+                   "undo": self.onUndoPrompt}
+        for key, name in SHORTCUTS.items():
+            s = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            s.setContext(qt.Qt.WindowShortcut)
+            s.connect("activated()", actions[name])
+            self._shortcuts.append(s)
 
     # ----------------------------------------------------------- propagate
     def onPropagate(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not propagate.", waitCursor=True):
             volume, seg, segmentId = self._segment()
-            sliceRange = None
+            sliceRange = None  # volume slice numbers along the prompts' axis (the logic converts them)
             if self.ui.useRangeCheckBox.checked:
                 sliceRange = (int(self.ui.sliceRangeWidget.minimumValue), int(self.ui.sliceRangeWidget.maximumValue))
             ids = None if self.ui.allSegmentsCheckBox.checked else [segmentId]
@@ -413,7 +424,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.saveStateForUndo(seg, volume)
             self.ui.progressBar.setValue(0)
             try:
-                self.logic.startPropagation(volume, seg, self.settings(), segmentIds=ids, sliceRange=sliceRange,
+                self.logic.startPropagation(volume, seg, self.settings(), segmentIds=ids, volumeSliceRange=sliceRange,
                                             onProgress=self._progress, onDone=self._propagated, onError=self._error, start=start)
             except OverwriteDeclined as exc:
                 self._status(f"not propagated: {exc}")
@@ -448,7 +459,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.reset(volume, seg)
         else:
             self.logic.reset()
-        self._observePromptNodes()
+        if self.parent.isEntered:
+            self.logic.observePromptNodes()  # Reset removed the box nodes
+            self._syncPlaceWidgets()
+        self._updateSliceRange()
         self._status("prompts cleared; segments keep what was written (Undo in the Segment Editor takes it back)")
 
     def onCreateSegment(self) -> None:

@@ -117,7 +117,6 @@ def test_every_widget_the_code_uses_is_in_the_ui_file_and_parameters_match():
     ui = ET.parse(MODULE / "Resources/UI/SegmentWithSAM2.ui")
     names = {w.get("name") for w in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", _module_source()))
-    used |= {f"{k}PlaceWidget" for k in ("positive", "negative", "box")}  # reached through getattr
     assert used - names == set()
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
     tree = ast.parse(_module_source())
@@ -191,7 +190,7 @@ def test_dependencies_are_the_ones_the_project_installs_with_bounds():
     source = (MODULE / "SegmentWithSAM2.py").read_text()
     enter = source[source.index("    def enter(self)"):source.index("    def exit(self)")]
     assert "checkDependencies" in enter  # checked on module entry ...
-    for handler in ("onPromptPlaced", "onPropagate"):  # ... never inside a click handler
+    for handler in ("onPromptEvents", "onPropagate"):  # ... never inside a click handler
         body = source[source.index(f"    def {handler}("):]
         body = body[:body.index("\n    def ", 10)]
         assert "checkDependencies" not in body and "install" not in body

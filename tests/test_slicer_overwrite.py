@@ -119,7 +119,10 @@ def test_no_segment_chosen_makes_a_new_segment_that_is_never_asked_about(ct, lab
     logic.wait(60)
     assert logic.task.error is None and answers.questions == []
     assert np.array_equal(sc.segment_array(seg, new, ct), session_mask(logic, ct, seg, new))
-    assert np.array_equal(sc.segment_array(seg, sid, ct), hand)  # the user's segment is untouched
+    # the user's segment is never written into; under the new segment it follows the Segment Editor's
+    # overwrite setting (Slicer's default "overwrite all": it loses exactly those voxels, as when painting)
+    written = sc.segment_array(seg, new, ct)
+    assert (written & hand).any() and np.array_equal(sc.segment_array(seg, sid, ct), hand & ~written)
     # nothing chosen at all: a new segmentation and segment
     other, first = logic.segmentFor(ct, None, None)
     assert other is not seg and other.GetSegmentation().GetNumberOfSegments() == 1

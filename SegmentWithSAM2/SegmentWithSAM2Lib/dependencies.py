@@ -65,6 +65,28 @@ def describe(found: list[tuple[Package, str]]) -> str:
     )
 
 
+DECLINED_SETTING = "SegmentWithSAM2/installDeclined"  # application settings (QSettings) key
+
+
+def _declined_value(mode: str, engine: str, found: list[tuple[Package, str]]) -> str:
+    return f"{mode}/{engine}: " + ", ".join(sorted(f"{p.requirement} ({what})" for p, what in found))
+
+
+def ask_on_entry(settings, mode: str, engine: str, found: list[tuple[Package, str]]) -> bool:
+    """Whether entering the module offers to install ``found``: not when the user declined exactly
+    these packages for this mode and engine before (``settings``: Slicer's application settings,
+    ``slicer.app.settings()``; the answer outlives the scene and the session). Initialize always offers."""
+    return bool(found) and str(settings.value(DECLINED_SETTING, "") or "") != _declined_value(mode, engine, found)
+
+
+def remember_declined(settings, mode: str, engine: str, found: list[tuple[Package, str]]) -> None:
+    settings.setValue(DECLINED_SETTING, _declined_value(mode, engine, found))
+
+
+def forget_declined(settings) -> None:
+    settings.remove(DECLINED_SETTING)
+
+
 def install(found: list[tuple[Package, str]], confirm: bool = True) -> bool:
     """Install or upgrade what :func:`problems` found, inside Slicer, after the user agrees."""
     import slicer  # only inside Slicer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import slicer
@@ -103,6 +103,45 @@ def box_corners(roi) -> np.ndarray | None:
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
     corners_object = np.c_[signs * size / 2, np.ones(8)]
     return (corners_object @ slicer.util.arrayFromVTKMatrix(roi.GetObjectToWorldMatrix()).T)[:, :3]
+
+
+RELOADED_PACKAGES = ("SegmentWithSAM2Lib", "sam2volume")
+
+
+def reloadable_modules(loaded: Iterable[str]) -> list[str]:
+    """The imported modules that Reload must drop from ``sys.modules`` so that the module's next import
+    reads them from disk again: this package and sam2volume with all their submodules (Slicer's
+    ``reloadScriptedModule`` re-executes only the module's own file)."""
+    return sorted(n for n in loaded if any(n == p or n.startswith(p + ".") for p in RELOADED_PACKAGES))
+
+
+def default_input_volume(scene):
+    """The volume the module starts with: the first one its input selector lists (class
+    vtkMRMLScalarVolumeNode itself, so never a labelmap or another child class), with image data."""
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetHideFromEditors() and node.GetImageData() is not None:
+            return node
+    return None
+
+
+class PromptEvent(NamedTuple):
+    """A markups event on a prompt node, queued by its observer and handled later, outside the event."""
+
+    what: str  # "placed", "moved" or "removed"
+    kind: str  # "positive", "negative" or "box"
+    nodeID: str
+    pointID: str = ""  # the placed point's control point ID (points only)
+
+
+class PromptTarget(NamedTuple):
+    """Where a placed prompt goes, as the widget shows it when the prompt is handled."""
+
+    volumeNode: Any
+    segmentationNode: Any
+    segmentId: str
+    settings: Settings
 
 
 class PromptNodes:
@@ -272,6 +311,11 @@ class SegmentWithSAM2Logic:
         self.confirmOverwrite: Callable[[str], bool] | None = None
         self._trusted: set[tuple[str, str]] = set()  # (segmentation, segment): created here, or the user said yes
         self._written: dict[tuple[str, str], set[tuple[int, int]]] = {}  # (voxel axis, slice) this logic wrote
+        self.promptEvents: list[PromptEvent] = []  # queued by the prompt nodes' observers, see observePromptNodes
+        self.onPromptEvent: Callable[[], None] | None = None  # told (inside the event) that one was queued
+        self.observedPromptNodes: dict[str, Any] = {}
+        self._promptObservers: list[tuple[Any, int]] = []
+        self._handlingPrompts = False
         self.initializer: Initializer | None = None  # Initialize under way or done (stepped by poll)
 
     # ------------------------------------------------------------ sessions
@@ -478,15 +522,178 @@ class SegmentWithSAM2Logic:
             return None
         return self.controllers.get((volumeNode.GetID(), segmentationNode.GetID()))
 
+    # ------------------------------------------------------ prompt events
+    def observePromptNodes(self) -> None:
+        """Observe the prompt markups (the module is entered). An event only queues what happened
+        (:attr:`promptEvents`); :meth:`handlePromptEvents` does the work later, from a timer, so that
+        no server request and no dialog runs inside Slicer's markups (PlacePoint) event processing."""
+        self.unobservePromptNodes()
+        for kind in PROMPT_KINDS:
+            self._observePromptNode(kind, self.prompts.get(kind))
+
+    def _observePromptNode(self, kind: str, node) -> None:
+        markups = slicer.vtkMRMLMarkupsNode
+        events = [("placed", markups.PointPositionDefinedEvent)]
+        if kind != "box":
+            events += [("moved", markups.PointEndInteractionEvent), ("removed", markups.PointRemovedEvent)]
+        for what, event in events:
+            tag = node.AddObserver(event, lambda caller, _event, w=what, k=kind: self._queuePromptEvent(w, k, caller))
+            self._promptObservers.append((node, tag))
+        self.observedPromptNodes[kind] = node
+
+    def _unobservePromptNode(self, node) -> None:
+        for n, tag in [o for o in self._promptObservers if o[0] is node]:
+            n.RemoveObserver(tag)
+            self._promptObservers.remove((n, tag))
+
+    def unobservePromptNodes(self) -> None:
+        """Remove every observer this logic put on prompt nodes (module left, scene closing)."""
+        for node, tag in self._promptObservers:
+            node.RemoveObserver(tag)
+        self._promptObservers = []
+        self.observedPromptNodes = {}
+
+    def _queuePromptEvent(self, what: str, kind: str, node) -> None:
+        point = ""
+        if what == "placed" and kind != "box":
+            n = node.GetNumberOfControlPoints() - 1  # placing adds the point last
+            if n < 0:
+                return
+            point = node.GetNthControlPointID(n)
+        event = PromptEvent(what, kind, node.GetID(), point)
+        if event not in self.promptEvents:
+            self.promptEvents.append(event)
+        if self.onPromptEvent is not None:
+            self.onPromptEvent()
+
+    def handlePromptEvents(self, target: Callable[[], PromptTarget], sliceNodes: Callable[[], list]) -> str:
+        """Do the work of the queued prompt events in order (the widget's timer calls this, outside any
+        markups event); returns the status of the last one. ``target()`` (asked only for a placed
+        prompt) says where it goes, ``sliceNodes()`` the shown slice views. An error is raised with
+        its event dropped (a refused point or box is removed from the views); later events stay
+        queued. A call while another runs (a dialog's event loop) returns at once."""
+        if self._handlingPrompts:
+            return ""
+        self._handlingPrompts = True
+        message = ""
+        try:
+            while self.promptEvents:
+                message = self._handlePromptEvent(self.promptEvents.pop(0), target, sliceNodes) or message
+        finally:
+            self._handlingPrompts = False
+        return message
+
+    def _handlePromptEvent(self, event: PromptEvent, target, sliceNodes) -> str:
+        node = self.scene.GetNodeByID(event.nodeID)
+        if node is None:
+            return ""
+        if event.what == "removed":
+            for volume, seg in self._prompted():
+                self.removeMissingPoints(volume, seg, node)
+            return ""
+        if event.what == "moved":
+            for volume, seg in self._prompted(node.GetID()):
+                self.syncMovedPoints(volume, seg, node, sliceNodes())
+            return ""
+        if event.kind == "box":
+            if node.GetLocked():  # used already (both of a box's clicks were queued)
+                return ""
+            try:
+                t = target()
+                centre = [0.0] * 3
+                node.GetCenterWorld(centre)
+                u = self.addBox(t.volumeNode, t.segmentationNode, t.segmentId, node,
+                                slice_node_for_point(centre, sliceNodes()), t.settings)
+            except Exception:
+                node.RemoveAllControlPoints()  # a refused box is not left on screen as if it counted
+                raise
+            if u is None:
+                return ""  # the first of the box's two clicks
+            self._unobservePromptNode(node)
+            self._observePromptNode("box", self.prompts.get("box"))
+        else:
+            key = (node.GetID(), event.pointID)
+            if node.GetNthControlPointIndexByID(event.pointID) < 0 or any(c.has_prompt(key) for c in self.controllers.values()):
+                return ""  # removed since, or handled already
+            try:
+                t = target()
+                n = node.GetNthControlPointIndexByID(event.pointID)
+                point = [0.0] * 3
+                node.GetNthControlPointPositionWorld(n, point)
+                node.SetNthControlPointDescription(n, t.segmentId)
+                self.addPoints(t.volumeNode, t.segmentationNode, t.segmentId, [point], [event.kind == "positive"],
+                               slice_node_for_point(point, sliceNodes()), t.settings, key=key)
+            except Exception:
+                n = node.GetNthControlPointIndexByID(event.pointID)
+                if n >= 0:
+                    node.RemoveNthControlPoint(n)  # a refused point is not left on screen as if it counted
+                raise
+        message = f"{event.kind}: mask shown" + (f" ({self.lastMessage})" if self.lastMessage else "")
+        self.lastMessage = ""
+        return message
+
+    def _prompted(self, nodeID: str | None = None) -> list[tuple[Any, Any]]:
+        """(volume, segmentation) of each controller (with a prompt made by node ``nodeID``)."""
+        out = []
+        for (volumeID, segID), c in list(self.controllers.items()):
+            if nodeID is not None and not any(p.key and p.key[0] == nodeID for p in c.prompts):
+                continue
+            volume, seg = self.scene.GetNodeByID(volumeID), self.scene.GetNodeByID(segID)
+            if volume is not None and seg is not None:
+                out.append((volume, seg))
+        return out
+
+    def stopPlacing(self) -> None:
+        """Leave place mode if it places one of the module's prompts (the module is left): the
+        interaction node goes back to ViewTransform. Another module's placing is left alone."""
+        interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        if interaction is None or selection is None or interaction.GetCurrentInteractionMode() != interaction.Place:
+            return
+        ours = {n.GetID() for kind in PROMPT_KINDS for n in self.prompts.find(kind)}
+        if selection.GetActivePlaceNodeID() in ours:
+            interaction.SwitchToViewTransformMode()
+
+    # ------------------------------------------------------------ slice range
+    def sliceRange(self, volumeNode, segmentationNode) -> tuple[str, int, int] | None:
+        """The prompts' axis and the first and last volume slice along it (voxel indices, as Slicer's
+        Data Probe shows them), or None before the first prompt (no axis yet)."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None or c.session is None or c.axis is None:
+            return None
+        return c.axis, 0, volumeNode.GetImageData().GetDimensions()[c.voxel_axis] - 1
+
+    def sessionSliceRange(self, volumeNode, segmentationNode, first: int, last: int) -> tuple[int, int]:
+        """Volume slices first..last (as :meth:`sliceRange` gives them) in the session's numbering."""
+        span = self.sliceRange(volumeNode, segmentationNode)
+        if span is None:
+            raise InputError("place a point or a box on a slice first")
+        axis, lo, hi = span
+        if not (lo <= first <= last <= hi):
+            raise InputError(f"slice range {first}..{last} is not within the volume's {axis} slices {lo}..{hi}; "
+                             "choose a first slice no greater than the last, within that range")
+        c = self._existing(volumeNode, segmentationNode)
+        ends = []
+        for s in (first, last):
+            v = [0, 0, 0]
+            v[c.voxel_axis] = s
+            ends.append(c.session.slice_of(v))
+        return min(ends), max(ends)
+
     # ----------------------------------------------------------- propagate
     def startPropagation(self, volumeNode, segmentationNode, settings: Settings, segmentIds=None, sliceRange=None,
-                         onProgress=None, onDone=None, onError=None, start: int | None = None) -> PropagationTask:
-        """Start a propagation on the server and return at once; :meth:`poll` advances it."""
+                         onProgress=None, onDone=None, onError=None, start: int | None = None,
+                         volumeSliceRange: tuple[int, int] | None = None) -> PropagationTask:
+        """Start a propagation on the server and return at once; :meth:`poll` advances it.
+        ``sliceRange`` is in the session's numbering, ``volumeSliceRange`` in volume slices (what the
+        widget shows, :meth:`sliceRange`)."""
         if self.busy:
             raise InputError("a propagation is already running; wait for it or press Cancel")
         c = self.controllerFor(volumeNode, segmentationNode, settings)
         if c.session is None or not c.labels:
             raise InputError("place a point or a box on a slice first")
+        if volumeSliceRange is not None:
+            sliceRange = self.sessionSliceRange(volumeNode, segmentationNode, *volumeSliceRange)
         ids = list(c.labels) if segmentIds is None else list(segmentIds)
         self._confirmPropagationWrites(c, [s for s in ids if s in c.labels], segmentationNode, volumeNode)
         before = c.result_masks([s for s in ids if s in c.labels])
@@ -555,6 +762,7 @@ class SegmentWithSAM2Logic:
             self._trusted.clear()
             self._written.clear()
         self.prompts.clear()
+        self.promptEvents.clear()
 
     @staticmethod
     def _close(controller: SegmentationController) -> None:
@@ -565,6 +773,7 @@ class SegmentWithSAM2Logic:
 
     def close(self) -> None:
         """Module unloaded or Slicer closing: stop everything, stop the local server."""
+        self.unobservePromptNodes()
         self.reset()
         self._closing = []
         self.link.stop()
