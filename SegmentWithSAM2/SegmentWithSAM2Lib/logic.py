@@ -33,6 +33,12 @@ SEGMENT_ATTRIBUTE = "SegmentWithSAM2.segment"
 PROMPT_KINDS = {"positive": ("vtkMRMLMarkupsFiducialNode", "SAM2 +", (0.2, 0.9, 0.2)),
                 "negative": ("vtkMRMLMarkupsFiducialNode", "SAM2 -", (0.9, 0.2, 0.2)),
                 "box": ("vtkMRMLMarkupsROINode", "SAM2 box", (0.9, 0.9, 0.2))}
+# scribbles and lassos: one curve node per stroke, sent once it is finished (addScribble, addLasso)
+STROKE_KINDS = {"scribble": ("vtkMRMLMarkupsCurveNode", "SAM2 scribble +", (0.2, 0.9, 0.2)),
+                "negative_scribble": ("vtkMRMLMarkupsCurveNode", "SAM2 scribble -", (0.9, 0.2, 0.2)),
+                "lasso": ("vtkMRMLMarkupsClosedCurveNode", "SAM2 lasso", (0.9, 0.9, 0.2))}
+NODE_KINDS = {**PROMPT_KINDS, **STROKE_KINDS}
+SINGLE_USE = ("box", *STROKE_KINDS)  # one node per prompt, locked once used
 GUI_POLL_TIMEOUT_S = 1.0  # the longest one poll or cancel of a propagation blocks the GUI thread
 OUT_OF_MEMORY_ADVICE = ("Choose a smaller model (Model), limit the slices (Only within slices), "
                         "or use a remote GPU server (Mode: remote)")
@@ -144,6 +150,19 @@ class PromptTarget(NamedTuple):
     settings: Settings
 
 
+def curve_points(curve) -> np.ndarray:
+    """The defined control points (world RAS, (N, 3)) of a curve or closed curve: the vertices of the
+    scribble or lasso sent (the module's curves are linear, so the line drawn joins exactly these)."""
+    out = []
+    for i in range(curve.GetNumberOfControlPoints()):
+        if curve.GetNthControlPointPositionStatus(i) == curve.PositionDefined:
+            p = [0.0] * 3
+            curve.GetNthControlPointPositionWorld(i, p)
+            out.append(p)
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+
+
 class PromptNodes:
     """The module's markups: one fiducial list for positive and one for negative points, box ROIs.
 
@@ -154,18 +173,18 @@ class PromptNodes:
         self.scene = scene or slicer.mrmlScene
 
     def find(self, kind: str) -> list:
-        col = self.scene.GetNodesByClass(PROMPT_KINDS[kind][0])
+        col = self.scene.GetNodesByClass(NODE_KINDS[kind][0])
         nodes = [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
         return [n for n in nodes if n.GetAttribute(PROMPT_ATTRIBUTE) == kind]
 
     def get(self, kind: str):
-        """The current node of this kind (a box: the one not used yet), created when missing."""
+        """The current node of this kind (a box, scribble or lasso: the one not used yet), created when missing."""
         nodes = self.find(kind)
-        if kind == "box":
+        if kind in SINGLE_USE:
             nodes = [n for n in nodes if not n.GetLocked()]
         if nodes:
             return nodes[-1]
-        cls, name, color = PROMPT_KINDS[kind]
+        cls, name, color = NODE_KINDS[kind]
         node = self.scene.AddNewNodeByClass(cls, self.scene.GenerateUniqueName(name))
         node.SetAttribute(PROMPT_ATTRIBUTE, kind)
         node.SetHideFromEditors(True)
@@ -175,10 +194,12 @@ class PromptNodes:
         display.SetSaveWithScene(False)
         display.SetSelectedColor(color)
         display.SetColor(color)
+        if hasattr(node, "SetCurveTypeToLinear"):  # a scribble or lasso: straight lines between its points, as sent
+            node.SetCurveTypeToLinear()
         return node
 
     def retire_box(self, roi, segmentId: str) -> None:
-        """A used box stays visible (locked) until Reset; the next box is a new node."""
+        """A used box (scribble, lasso) stays visible (locked) until Reset; the next one is a new node."""
         roi.SetLocked(True)
         roi.SetAttribute(SEGMENT_ATTRIBUTE, segmentId)
 
@@ -189,15 +210,15 @@ class PromptNodes:
             for node in self.find(kind):
                 for i in range(node.GetNumberOfControlPoints()):
                     node.SetNthControlPointVisibility(i, segmentId is None or node.GetNthControlPointDescription(i) == segmentId)
-        for roi in self.find("box"):
+        for roi in [n for kind in SINGLE_USE for n in self.find(kind)]:
             owner = roi.GetAttribute(SEGMENT_ATTRIBUTE)
             if owner and roi.GetDisplayNode() is not None:
                 roi.GetDisplayNode().SetVisibility(segmentId is None or owner == segmentId)
 
     def clear(self) -> None:
-        for kind in PROMPT_KINDS:
+        for kind in NODE_KINDS:
             for node in self.find(kind):
-                if kind == "box":
+                if kind in SINGLE_USE:
                     self.scene.RemoveNode(node)
                 else:
                     node.RemoveAllControlPoints()
@@ -420,6 +441,47 @@ class SegmentWithSAM2Logic:
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
+    def addScribble(self, volumeNode, segmentationNode, segmentId, curve, sliceNode, settings: Settings, positive: bool | None = None):
+        """A finished scribble (a markups curve drawn in ``sliceNode``'s view): positive or negative points
+        sampled along it (``positive`` None: from the module's node kind); the slice's mask is written at once."""
+        if positive is None:
+            positive = curve.GetAttribute(PROMPT_ATTRIBUTE) != "negative_scribble"
+        return self._addStroke(volumeNode, segmentationNode, segmentId, curve, sliceNode, settings, "scribble", positive)
+
+    def addLasso(self, volumeNode, segmentationNode, segmentId, closedCurve, sliceNode, settings: Settings):
+        """A finished lasso (a markups closed curve drawn in ``sliceNode``'s view): its filled polygon is the
+        segment's mask prompt on that slice."""
+        return self._addStroke(volumeNode, segmentationNode, segmentId, closedCurve, sliceNode, settings, "lasso", True)
+
+    def _addStroke(self, volumeNode, segmentationNode, segmentId, curve, sliceNode, settings: Settings, kind: str, positive: bool):
+        points = curve_points(curve)
+        c = self.controllerFor(volumeNode, segmentationNode, settings)
+        s2r, w2l, key = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS()), world_to_local(volumeNode), (curve.GetID(), "stroke")
+        if kind == "lasso":
+            u = c.add_lasso(segmentId, points, s2r, w2l, key=key)
+        else:
+            u = c.add_scribble(segmentId, points, positive, s2r, w2l, key=key)
+        self._confirmPromptWrite(c, u, segmentationNode, volumeNode)
+        self.prompts.retire_box(curve, segmentId)
+        self.applyUpdates([u], segmentationNode, volumeNode)
+        return u
+
+    def maskCandidates(self, volumeNode, segmentationNode, segmentId):
+        """SAM2's masks for the segment's newest prompt when it is a single click (``MaskCandidates``:
+        masks, predicted IoU scores, the one shown), else None (the baseline engine: always None)."""
+        c = self._existing(volumeNode, segmentationNode)
+        return None if c is None or segmentId not in c.labels else c.candidates(segmentId)
+
+    def chooseMask(self, volumeNode, segmentationNode, segmentId, index: int) -> SliceUpdate:
+        """Candidate ``index`` becomes the segment's mask on that slice (a mask prompt: propagation follows it)."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is None or segmentId not in c.labels:
+            raise InputError("click once on a slice first; SAM2's candidate masks are those of a single click")
+        u = c.choose_mask(segmentId, index)
+        self._confirmPromptWrite(c, u, segmentationNode, volumeNode)
+        self.applyUpdates([u], segmentationNode, volumeNode)
+        return u
+
     def addMaskFromSegment(self, volumeNode, segmentationNode, segmentId, sliceNode, settings: Settings):
         """Start from what the segment already holds on the slice ``sliceNode`` shows (a mask prompt)."""
         c = self.controllerFor(volumeNode, segmentationNode, settings)
@@ -510,7 +572,7 @@ class SegmentWithSAM2Logic:
         node = self.scene.GetNodeByID(key[0])
         if node is None:
             return
-        if key[1] == "box":
+        if key[1] in ("box", "stroke"):
             self.scene.RemoveNode(node)
             return
         index = node.GetNthControlPointIndexByID(key[1])
