@@ -111,6 +111,18 @@ def box_corners(roi) -> np.ndarray | None:
     return (corners_object @ slicer.util.arrayFromVTKMatrix(roi.GetObjectToWorldMatrix()).T)[:, :3]
 
 
+def curve_points(curve) -> np.ndarray:
+    """The defined control points (world RAS, (N, 3)) of a curve or closed curve: the vertices of the
+    scribble or lasso sent (the module's curves are linear, so the line drawn joins exactly these)."""
+    out = []
+    for i in range(curve.GetNumberOfControlPoints()):
+        if curve.GetNthControlPointPositionStatus(i) == curve.PositionDefined:
+            p = [0.0] * 3
+            curve.GetNthControlPointPositionWorld(i, p)
+            out.append(p)
+    return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+
 RELOADED_PACKAGES = ("SegmentWithSAM2Lib", "sam2volume")
 
 
@@ -148,19 +160,6 @@ class PromptTarget(NamedTuple):
     segmentationNode: Any
     segmentId: str
     settings: Settings
-
-
-def curve_points(curve) -> np.ndarray:
-    """The defined control points (world RAS, (N, 3)) of a curve or closed curve: the vertices of the
-    scribble or lasso sent (the module's curves are linear, so the line drawn joins exactly these)."""
-    out = []
-    for i in range(curve.GetNumberOfControlPoints()):
-        if curve.GetNthControlPointPositionStatus(i) == curve.PositionDefined:
-            p = [0.0] * 3
-            curve.GetNthControlPointPositionWorld(i, p)
-            out.append(p)
-    return np.array(out, dtype=np.float64).reshape(-1, 3)
-
 
 
 class PromptNodes:
