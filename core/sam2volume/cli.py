@@ -53,11 +53,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from .io.writers import normalize_segments, write_names_sidecar  # NIfTI/NRRD/MHA: names and Slicer colour table
 
         write_names_sidecar(args.output, normalize_segments(np.unique(lab.array).tolist(), lab.meta.get("segments")))
-        import numpy as np
-
-        from .io.writers import normalize_segments, write_names_sidecar  # NIfTI/NRRD/MHA: names and Slicer colour table
-
-        write_names_sidecar(args.output, normalize_segments(np.unique(lab.array).tolist(), lab.meta.get("segments")))
     else:
         vol = read_volume(args.input, series_uid=args.series_uid, allow_uneven_spacing=args.allow_uneven_spacing,
                           max_voxels=args.max_voxels)
