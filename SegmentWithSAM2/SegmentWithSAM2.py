@@ -337,8 +337,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPromptEvents(self) -> None:
         """Handle the prompts placed, moved or removed since the last call (never inside the markups
         event: the logic queued them there). The overwrite question, if any, is asked from here."""
-        if not self.logic.promptEvents:
-            return
+        if not self.logic.promptEvents or self.logic.handlingPrompts:
+            return  # nothing queued, or a call below this one (in a dialog's event loop) handles it
         with slicer.util.tryWithErrorDisplay("Could not use this prompt.", waitCursor=True):
             try:
                 message = self.logic.handlePromptEvents(self._promptTarget, self._sliceNodes)
@@ -348,6 +348,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._status(str(exc))
         self._syncPlaceWidgets()
         self._updateSliceRange()
+        if self.logic.promptEvents:  # left after an error: the next ones, on the next turn of the event loop
+            qt.QTimer.singleShot(0, self.onPromptEvents)
 
     def _updateSliceRange(self) -> None:
         """The slice range widget spans the volume's slices along the prompts' axis (volume slice
@@ -403,11 +405,14 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # anywhere in the main window (no click into a view first); not while a dialog is on top, and a
         # key typed into a text field or the Python console stays text (Qt offers it to the focused
         # editor first, as a ShortcutOverride event)
+        window = slicer.util.mainWindow()
+        if window is None:  # Slicer without its main window (--no-main-window): no shortcuts
+            return
         actions = {"positive": lambda: self.place("positive"), "negative": lambda: self.place("negative"),
                    "box": lambda: self.place("box"), "toggle": self.toggleSign, "propagate": self.onPropagate,
                    "undo": self.onUndoPrompt}
         for key, name in SHORTCUTS.items():
-            s = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            s = qt.QShortcut(qt.QKeySequence(key), window)
             s.setContext(qt.Qt.WindowShortcut)
             s.connect("activated()", actions[name])
             self._shortcuts.append(s)

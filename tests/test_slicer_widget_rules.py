@@ -86,6 +86,28 @@ def test_a_placed_point_is_handled_after_the_markups_event_and_the_question_aske
     assert positive.GetNthControlPointDescription(0) == sid
 
 
+def test_a_call_from_the_questions_event_loop_waits_for_the_one_running(ct, labels, logic):
+    """While the overwrite question is open, Qt's timers still fire: a second call returns at once and
+    the point placed meanwhile is handled by the running call, after the answer."""
+    seg, sid, hand = users_segment(ct, labels, [K])
+    views = [red_at(ct, [0, 0, K])]
+    logic.observePromptNodes()
+    positive = logic.observedPromptNodes["positive"]
+    nested = []
+
+    def answer(question):
+        positive.AddControlPointWorld(*liver_point(ct, labels))  # placed while the dialog is open
+        nested.append((logic.handlingPrompts, logic.handlePromptEvents(target(ct, seg, sid), lambda: views), len(logic.promptEvents)))
+        return True
+
+    logic.confirmOverwrite = answer
+    positive.AddControlPointWorld(*liver_point(ct, labels))
+    logic.handlePromptEvents(target(ct, seg, sid), lambda: views)
+    assert nested == [(True, "", 1)] and logic.promptEvents == [] and not logic.handlingPrompts
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    assert len(c.prompts) == 2 and positive.GetNumberOfControlPoints() == 2
+
+
 def test_a_box_whose_two_clicks_were_queued_is_one_prompt(ct, labels, logic):
     from test_slicer_logic import organ_box
 
@@ -296,7 +318,7 @@ def test_every_tooltip_names_the_key_that_is_bound():
 
 def test_the_shortcuts_work_anywhere_in_the_main_window_while_the_module_is_shown():
     code = method("SegmentWithSAM2Widget", "_setShortcuts")
-    assert "slicer.util.mainWindow()" in code and "qt.Qt.WindowShortcut" in code
+    assert "slicer.util.mainWindow()" in code and "qt.Qt.WindowShortcut" in code and "QShortcut(qt.QKeySequence(key), window)" in code
     assert "WidgetWithChildrenShortcut" not in code  # was: only with the keyboard focus in a slice view
     assert "self._setShortcuts(True)" in method("SegmentWithSAM2Widget", "enter")
     assert "self._setShortcuts(False)" in method("SegmentWithSAM2Widget", "exit")

@@ -627,6 +627,11 @@ class SegmentWithSAM2Logic:
         if self.onPromptEvent is not None:
             self.onPromptEvent()
 
+    @property
+    def handlingPrompts(self) -> bool:
+        """:meth:`handlePromptEvents` is running (e.g. waiting for the overwrite question's answer)."""
+        return self._handlingPrompts
+
     def handlePromptEvents(self, target: Callable[[], PromptTarget], sliceNodes: Callable[[], list]) -> str:
         """Do the work of the queued prompt events in order (the widget's timer calls this, outside any
         markups event); returns the status of the last one. ``target()`` (asked only for a placed
