@@ -137,6 +137,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # a prompt's markups event only queues it in the logic; it is handled just after the event returns
         self.logic.onPromptEvent = lambda: qt.QTimer.singleShot(0, self.onPromptEvents)
         self.initializeParameterNode()
+        if self.parent.isEntered:  # Reload: Slicer calls setup() on the new widget, not enter()
+            self.logic.observePromptNodes()
+            self._syncPlaceWidgets()
+            self._setShortcuts(True)
 
     def cleanup(self) -> None:
         self._timer.stop()

@@ -162,6 +162,9 @@ def test_the_widget_wires_enter_and_exit_to_the_logic():
     enter, exit_ = method("SegmentWithSAM2Widget", "enter"), method("SegmentWithSAM2Widget", "exit")
     assert "self.logic.observePromptNodes()" in enter
     assert "self.logic.unobservePromptNodes()" in exit_ and "self.logic.stopPlacing()" in exit_
+    # after Reload Slicer calls setup() on the new widget of an entered module, not enter()
+    setup = method("SegmentWithSAM2Widget", "setup")
+    assert re.search(r"if self\.parent\.isEntered:.*\n\s+self\.logic\.observePromptNodes\(\)", setup)
     # no markups observer of the widget's own: the logic's queue is the only one
     assert "PointPositionDefinedEvent" not in SOURCE and "singleShot(0, self.onPromptEvents)" in SOURCE
 
