@@ -286,6 +286,14 @@ def test_the_widget_keeps_the_answer_in_the_application_settings_not_per_entry()
     assert "_checked" not in method("SegmentWithSAM2Widget", "exit")  # leaving the module forgets nothing
 
 
+def test_after_pip_the_import_caches_are_invalidated():
+    """Else this Python may not find what pip just installed (issue 20 item 8)."""
+    import inspect
+
+    code = inspect.getsource(dependencies.install)
+    assert code.index("slicer.util.pip_install(") < code.index("importlib.invalidate_caches()") < code.index("problems(packages)")
+
+
 # ------------------------------------------------------------------------------ 8b: shortcut keys
 def shortcuts() -> dict[str, str]:
     node = next(n for n in TREE.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
