@@ -204,6 +204,30 @@ def test_prompts_file_strokes_are_checked_strictly(ct, tmp_path, entry, words):
         plan_prompts(BaselineSession(ct, "axial"), prompts)
 
 
+def test_segment_command_takes_scribbles_and_lassos_and_refuses_a_bad_one(ct, liver, totalseg, tmp_path, capsys):
+    from sam2volume.cli import main
+
+    poly, line = liver_polygon(liver), liver_scribble(liver, K + 2)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"objects": [{"name": "liver", "lassos": [{"points": poly.tolist()}],
+                                              "scribbles": [{"points": line.tolist()}]}]}))
+    out = tmp_path / "out" / "liver.nii.gz"
+    assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), "--prompts", str(good), "-o", str(out), "--engine", "baseline"]) == 0
+    direct = BaselineSession(ct, "axial")
+    direct.add_scribble(1, line)
+    direct.add_lasso(1, poly)
+    direct.propagate()
+    assert np.array_equal(read_labelmap(out, reference=ct).array, direct.result().array)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"objects": [{"name": "liver", "lassos": [{"points": np.r_[poly[:3], [[60.0, 50.0, K + 1]]].tolist()}]}]}))
+    capsys.readouterr()
+    assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), "--prompts", str(bad), "-o", str(tmp_path / "b" / "x.nii.gz"),
+                 "--engine", "baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "lasso 1: prompt points lie on different axial slices" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_prompts_file_refuses_a_repeated_key_in_a_stroke(tmp_path):
     path = tmp_path / "prompts.json"
     path.write_text('{"objects": [{"name": "liver", "scribbles": [{"points": [[50, 40, 14]], "positive": true, "positive": false}]}]}')
