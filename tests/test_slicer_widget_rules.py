@@ -108,6 +108,28 @@ def test_a_call_from_the_questions_event_loop_waits_for_the_one_running(ct, labe
     assert len(c.prompts) == 2 and positive.GetNumberOfControlPoints() == 2
 
 
+def test_moving_and_deleting_a_point_are_handled_after_their_events_too(ct, labels, logic):
+    seg, sid = logic.prepareSegmentation(ct)
+    logic.observePromptNodes()
+    positive = logic.observedPromptNodes["positive"]
+    views = [red_at(ct, [0, 0, K]), red_at(ct, [0, 0, K + 2])]
+    positive.AddControlPointWorld(*liver_point(ct, labels))
+    logic.handlePromptEvents(target(ct, seg, sid), lambda: views)
+    c = logic.controllers[(ct.GetID(), seg.GetID())]
+    assert c.prompts[0].slice is not None and sc.segment_array(seg, sid, ct)[K].any()
+    # dragged to slice K + 2 (the markups widget ends a drag with PointEndInteractionEvent)
+    positive.SetNthControlPointPositionWorld(0, *liver_point(ct, labels, K + 2))
+    positive.InvokeEvent(MARKUPS.PointEndInteractionEvent)
+    assert sc.segment_array(seg, sid, ct)[K].any()  # not inside the event
+    logic.handlePromptEvents(target(ct, seg, sid), lambda: views)
+    got = sc.segment_array(seg, sid, ct)
+    assert not got[K].any() and got[K + 2].any()
+    positive.RemoveNthControlPoint(0)
+    assert sc.segment_array(seg, sid, ct)[K + 2].any() and logic.promptEvents[-1].what == "removed"  # not inside the event
+    logic.handlePromptEvents(target(ct, seg, sid), lambda: views)
+    assert c.prompts == [] and not sc.segment_array(seg, sid, ct).any()
+
+
 def test_a_box_whose_two_clicks_were_queued_is_one_prompt(ct, labels, logic):
     from test_slicer_logic import organ_box
 
