@@ -404,7 +404,13 @@ class Session(SessionBase):
         if heads and heads[-1][0].shape[1] > 1:
             logits, ious = heads[-1]
             scores = ious[0].float().cpu().numpy().astype(np.float64)
-            self._candidates[(label, s)] = (logits[0].detach().to("cpu", self._torch.float32), scores, [int(np.argmax(scores))])
+            masks = logits[0].detach()
+            area = int(getattr(self.predictor, "fill_hole_area", 0) or 0)
+            if area > 0:  # as upstream treats the mask it keeps (CUDA with SAM2's extension): the same holes filled
+                from sam2.utils.misc import fill_holes_in_mask_scores
+
+                masks = fill_holes_in_mask_scores(masks[:, None], area)[:, 0]
+            self._candidates[(label, s)] = (masks.to("cpu", self._torch.float32), scores, [int(np.argmax(scores))])
 
     def candidates(self, label: int, slice_index: int) -> MaskCandidates | None:
         """SAM2's three masks for the single click that is object ``label``'s prompt on a slice, with their
