@@ -293,3 +293,21 @@ def test_a_server_that_cannot_start_fails_initialize_with_its_log():
         assert not logic.initializing
     finally:
         logic.close()
+
+
+def test_initialize_again_with_other_settings_starts_over_and_close_ends_it(ct):
+    link = sc.engine_link()
+    logic = SegmentWithSAM2Logic(link=link)
+    try:
+        first = logic.startInitialize(SAM2)
+        assert logic.startInitialize(SAM2) is first  # pressed again: it goes on
+        other = logic.startInitialize(BASELINE)  # other settings: started over for those
+        assert other is not first
+        prompt(logic, ct, SAM2)  # not the settings being initialized: not refused (it waits for the server itself)
+        init, _ = initialize(logic, BASELINE)
+        assert init is other and init.ready and "baseline" in init.message, init.message
+        logic.startInitialize(SAM2)
+        logic.close()  # the module closes while Initialize runs: nothing is left initializing
+        assert not logic.initializing and link.server is None
+    finally:
+        logic.close()

@@ -349,8 +349,9 @@ class SegmentWithSAM2Logic:
 
     def startInitialize(self, settings: Settings) -> Initializer:
         """Initialize: start the engine server and load the model in the background; :meth:`poll`
-        steps it (each step blocks the GUI thread for half a second at most) until it is ready or failed."""
-        if self.initializing:
+        steps it (each step blocks the GUI thread for half a second at most) until it is ready or failed.
+        Pressed again with the same settings it goes on; with other settings it starts over for those."""
+        if self.initializing and self.initializer.settings.session_key() == settings.session_key():
             return self.initializer
         self.initializer = Initializer(self.link, settings)
         return self.initializer
@@ -366,7 +367,7 @@ class SegmentWithSAM2Logic:
             raise InputError("choose an input volume with image data first")
         if segmentationNode is None:
             raise InputError("choose a segmentation and segment first (or press New segment)")
-        if self.initializing:
+        if self.initializing and self.initializer.settings.session_key() == settings.session_key():
             raise InputError(f"the engine is still starting ({self.initializer.message}); prompt again once it is ready")
         key = (volumeNode.GetID(), segmentationNode.GetID())
         controller = self.controllers.get(key)
@@ -842,6 +843,7 @@ class SegmentWithSAM2Logic:
         self.unobservePromptNodes()
         self.reset()
         self._closing = []
+        self.initializer = None
         self.link.stop()
 
     # ------------------------------------------------------------ write back
