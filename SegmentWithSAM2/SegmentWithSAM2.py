@@ -97,7 +97,6 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._shortcuts: list = []
-        self._checked: tuple | None = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -266,8 +265,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Start the engine server and load the model in the background: the timer steps it (logic.poll),
         the status line and progress bar show it, Slicer stays responsive."""
         with slicer.util.tryWithErrorDisplay("Could not start the engine.", waitCursor=False):
-            self._checked = None
-            if not self.checkDependencies():
+            if not self.checkDependencies():  # Initialize always offers to install
                 return
             self._initShown = None
             self.logic.startInitialize(self.settings())
