@@ -85,7 +85,10 @@ def test_vanished_client_session_expires_and_frees_memory(totalseg, ct, big):
         del remote, job
         assert wait_for(lambda: stats(server)["sessions"] == 0, 30, 0.2)
         assert wait_for(lambda: stats(server)["volumes"] == 0 and stats(server)["jobs_running"] == 0, 30, 0.2)
-        assert wait_for(lambda: stats(server)["rss_bytes"] < before + 8 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"], during["rss_bytes"])
+        # the big volume alone is 47 MB (int16): a session or volume kept would stay far above 16 MB; RSS after
+        # freeing varies by several MB from run to run (allocator arenas), which an 8 MB allowance sometimes failed on
+        assert big.array.nbytes > 40 * 2**20
+        assert wait_for(lambda: stats(server)["rss_bytes"] < before + 16 * 2**20, 15, 0.3), (before, stats(server)["rss_bytes"], during["rss_bytes"])
         assert "expired after 1.5 s idle" in server.log_tail(20000)
 
 
