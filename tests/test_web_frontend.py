@@ -10,75 +10,33 @@ trame-slicer or Playwright are missing (``scripts/setup_env.sh`` installs them).
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'segment-with-sam2[web]')")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'web')")
+from web_helpers import CHROMIUM, click_voxel, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
+
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from sam2volume import api, read_labelmap, read_volume  # noqa: E402
-from server_helpers import stop_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVER = (84, 56, 18)  # a voxel well inside the liver of example_ct_sm (label 5 of example_seg, eroded by 3)
-STEP_S = 60  # longest wait for one page reaction (a CPU shared with other jobs)
 SCREENSHOT = ROOT / "docs" / "web.png"  # the README's picture
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def app_url(totalseg, tmp_path_factory):
     """``sam2volume web CT --engine baseline`` on a free loopback port, stopped afterwards."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("web") / "web.log"
-    cmd = [sys.executable, "-m", "sam2volume", "web", str(totalseg / "example_ct_sm.nii.gz"), "--engine", "baseline",
-           "--device", "cpu", "--window", "abdomen", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "HOME": str(log.parent)}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-
-    def up():
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        _wait(up, 180, "sam2volume web to serve its page")
+    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as url:
         yield url
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -91,66 +49,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, app_url):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.set_default_timeout(STEP_S * 1000)
-    page.goto(app_url)
-    page.wait_for_selector("#status")
-    _wait(lambda: len(state(page, "views") or {}) == 3, STEP_S, "the slice views' geometry")
+    page = open_page(browser, app_url)
     yield page
-    page.click("#reset")
-    _wait(lambda: state(page, "prompt_points") == [], STEP_S, "reset")
+    reset(page)
     page.close()
-
-
-def state(page, name: str):
-    return page.evaluate(f"window.trame.state.get({name!r})")
-
-
-def ras_of(vol, ijk) -> np.ndarray:
-    """World RAS of voxel ``ijk`` from sam2volume's own reader (LPS geometry)."""
-    lps = vol.origin + vol.direction @ (vol.spacing * np.asarray(ijk, float))
-    return lps * np.array([-1.0, -1.0, 1.0])
-
-
-def view_box(page, orientation: str) -> tuple[dict, dict]:
-    """A slice view's geometry and its picture's box in the page, once the view has the picture's size."""
-    def ready():
-        view = state(page, "views")[orientation]
-        img = page.locator(f"#{view['id']}").locator("xpath=..").locator("img.image-display-area")
-        box = img.bounding_box() if img.count() == 1 else None
-        if box is not None and (round(box["width"]), round(box["height"])) == tuple(view["size"]):
-            return view, box
-        return None
-
-    return _wait(ready, STEP_S, f"the {orientation} view's picture")
-
-
-def pixel_of(view: dict, box: dict, ras) -> tuple[float, float]:
-    """Page position of the pixel centre that shows world point ``ras`` in a slice view. VTK's XY is
-    the pixel index from the bottom left; the picture is shown 1:1 (checked)."""
-    w, h = view["size"]
-    assert (round(box["width"]), round(box["height"])) == (w, h)
-    xy = np.linalg.solve(np.array(view["xy_to_ras"]), np.r_[ras, 1.0])
-    assert abs(xy[2]) < 1e-3, f"the point is {xy[2]:.3f} off the view's plane"
-    px, py = int(round(xy[0])), int(round(xy[1]))
-    return box["x"] + px + 0.5, box["y"] + (h - 1 - py) + 0.5
-
-
-def shown_index(vol, view: dict, axis: int) -> int:
-    """The voxel index along ``axis`` of the slice a view shows (its plane through XY (0, 0))."""
-    ras = (np.array(view["xy_to_ras"]) @ [0, 0, 0, 1.0])[:3]
-    lps = ras * np.array([-1.0, -1.0, 1.0])
-    ijk = np.linalg.solve(vol.direction * vol.spacing, lps - vol.origin)
-    return int(round(ijk[axis]))
-
-
-def click_voxel(page, vol, orientation: str, ijk, tool: str = "positive") -> None:
-    page.click(f"#tool-{tool}")
-    _wait(lambda: state(page, "tool") == tool, STEP_S, f"tool {tool}")
-    view, box = view_box(page, orientation)
-    n = len(state(page, "prompt_points"))
-    page.mouse.click(*pixel_of(view, box, ras_of(vol, ijk)))
-    _wait(lambda: len(state(page, "prompt_points")) > n or "not used" in page.inner_text("#status"), STEP_S, "the prompt")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +81,7 @@ def test_propagated_segment_equals_sam2volume_and_is_drawn(page, ct, totalseg, t
     click_voxel(page, ct, "axial", target)
     prompt = state(page, "prompt_points")[0]["ijk"][0]
     page.click("#propagate")
-    _wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
+    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
           "the propagation")
     assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
     assert state(page, "progress") == 100

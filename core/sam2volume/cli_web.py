@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the page is served on: loopback only (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
     p.add_argument("--allow-random-weights", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--multisamples", type=int, default=0, help=argparse.SUPPRESS)  # trame-slicer's own is 8 (benchmark)
     p.set_defaults(func=cmd_web)
 
 
@@ -74,7 +75,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     if settings.mode == "local":
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
-    app = WebApp(server, args.image, settings, link)
+    app = WebApp(server, args.image, settings, link, multisamples=args.multisamples)
     try:
         server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=True, timeout=0)
     finally:

@@ -25,6 +25,7 @@ log = logging.getLogger("sam2volume.web")
 
 TOOLS = ("view", "positive", "negative", "box")
 LAYOUT = "Quad View"
+SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 POLL_S = 0.5  # longest a propagation poll waits on the worker thread for new slices
 
 
@@ -53,7 +54,8 @@ class FetchedJob:
 class WebApp:
     """One page (one trame server) on one volume, one segmentation with one segment."""
 
-    def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink):
+    def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
+                 multisamples: int = 0):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -65,6 +67,7 @@ class WebApp:
         register_rca_factories(self.slicer_app.view_manager, server, slice_view_ui_f=_slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
         self.layout_manager.register_layout_dict({LAYOUT: LayoutManager.default_grid_configuration()[LAYOUT]})
+        self._generation = 0  # counts Resets
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2volume-web-engine")
         self.logic = SegmentWithSAM2Logic(link=link, scene=self.slicer_app.scene)
         self._init_state()
@@ -72,10 +75,10 @@ class WebApp:
         self.layout_manager.set_layout(LAYOUT)
         for view in self.slicer_app.view_manager.get_views():
             # trame-slicer asks for 8x multisampling: click-to-picture 540-600 ms here, 210-250 ms without
-            view.render_window().SetMultiSamples(0)
+            view.render_window().SetMultiSamples(int(multisamples))
         self.volume = self._load(image)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
-        self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
+        self._colour_segment()
         self._observe_prompt_nodes()
         self._publish_views()
 
@@ -144,6 +147,11 @@ class WebApp:
             view.reset_view()
             view.interactor().AddObserver("LeftButtonPressEvent", lambda *_: setattr(self, "_pressed", None), 10.0)
         return volume
+
+    def _colour_segment(self) -> None:
+        """The segment in SEGMENT_COLOUR (unlike the green + and red - points), filled in the slice views."""
+        self.segmentation.GetSegmentation().GetSegment(self.segment_id).SetColor(*SEGMENT_COLOUR)
+        self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
 
     def slice_nodes(self) -> list:
         return [view.get_view_node() for view in self.slicer_app.view_manager.get_slice_views()]
@@ -224,14 +232,18 @@ class WebApp:
             self._refuse(kind, node, describe_error(exc), key)
             return
         self.state.status = f"{kind}: asking the engine ..."
+        generation = self._generation
 
         async def run():
             try:
                 update = await asyncio.get_running_loop().run_in_executor(self.engine, send, c, s2r, w2l)
             except Exception as exc:  # noqa: BLE001
-                with self.state:
-                    self._refuse(kind, node, describe_error(exc), key)
+                if generation == self._generation:
+                    with self.state:
+                        self._refuse(kind, node, describe_error(exc), key)
                 return
+            if generation != self._generation:
+                return  # Reset was pressed while the engine answered: this prompt is gone
             with self.state:
                 self.logic.applyUpdates([update], self.segmentation, self.volume)
                 if kind == "box":
@@ -321,9 +333,11 @@ class WebApp:
 
     def reset(self) -> None:
         """Forget the prompts and clear the segment (a fresh start on this volume)."""
+        self._generation += 1  # answers to prompts sent before now are dropped
         self.logic.reset(self.volume, self.segmentation)
         self.segmentation.GetSegmentation().RemoveSegment(self.segment_id)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation)
+        self._colour_segment()
         self._observe_prompt_nodes()
         self.state.prompts, self.state.prompt_points, self.state.progress, self.state.busy = [], [], 0, False
         self.state.status = "reset: no prompts, empty segment"

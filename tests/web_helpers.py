@@ -1,0 +1,132 @@
+"""Helpers for driving ``sam2volume web`` in headless Chromium (tests and benchmarks/bench_web.py).
+
+Pixel positions come from the page's own view geometry (each slice view's XY-to-RAS and size, in the
+page's state ``views``) and a voxel's RAS from ``sam2volume.read_volume`` (not from Slicer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from server_helpers import stop_process
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+STEP_S = 60  # longest wait for one page reaction (a CPU shared with other jobs)
+
+
+@contextlib.contextmanager
+def web_app(image: Path, log: Path, *args: str) -> Iterator[str]:
+    """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields its URL, stopped afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "sam2volume", "web", str(image), "--engine", "baseline", "--device", "cpu",
+           "--window", "abdomen", "--host", "127.0.0.1", "--port", str(port), *args]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "HOME": str(log.parent)}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait(up, 180, "sam2volume web to serve its page")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def open_page(browser: Any, url: str) -> Any:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(STEP_S * 1000)
+    page.goto(url)
+    page.wait_for_selector("#status")
+    wait(lambda: len(state(page, "views") or {}) == 3, STEP_S, "the slice views' geometry")
+    return page
+
+
+def reset(page: Any) -> None:
+    page.click("#reset")
+    wait(lambda: state(page, "prompt_points") == [] and page.inner_text("#status").startswith("reset"), STEP_S, "reset")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(predicate: Any, timeout: float, what: str, step: float = 0.1) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def state(page: Any, name: str) -> Any:
+    return page.evaluate(f"window.trame.state.get({name!r})")
+
+
+def ras_of(vol: Any, ijk: Any) -> np.ndarray:
+    """World RAS of voxel ``ijk`` from sam2volume's own reader (LPS geometry)."""
+    lps = vol.origin + vol.direction @ (vol.spacing * np.asarray(ijk, float))
+    return lps * np.array([-1.0, -1.0, 1.0])
+
+
+def view_box(page: Any, orientation: str) -> tuple[dict, dict]:
+    """A slice view's geometry and its picture's box in the page, once the view has the picture's size."""
+    def ready():
+        view = state(page, "views")[orientation]
+        img = page.locator(f"#{view['id']}").locator("xpath=..").locator("img.image-display-area")
+        box = img.bounding_box() if img.count() == 1 else None
+        if box is not None and (round(box["width"]), round(box["height"])) == tuple(view["size"]):
+            return view, box
+        return None
+
+    return wait(ready, STEP_S, f"the {orientation} view's picture")
+
+
+def pixel_of(view: dict, box: dict, ras: Any) -> tuple[float, float]:
+    """Page position of the pixel centre that shows world point ``ras`` in a slice view. VTK's XY is
+    the pixel index from the bottom left; the picture is shown 1:1 (checked)."""
+    w, h = view["size"]
+    assert (round(box["width"]), round(box["height"])) == (w, h)
+    xy = np.linalg.solve(np.array(view["xy_to_ras"]), np.r_[ras, 1.0])
+    assert abs(xy[2]) < 1e-3, f"the point is {xy[2]:.3f} off the view's plane"
+    px, py = int(round(xy[0])), int(round(xy[1]))
+    return box["x"] + px + 0.5, box["y"] + (h - 1 - py) + 0.5
+
+
+def shown_index(vol: Any, view: dict, axis: int) -> int:
+    """The voxel index along ``axis`` of the slice a view shows (its plane through XY (0, 0))."""
+    ras = (np.array(view["xy_to_ras"]) @ [0, 0, 0, 1.0])[:3]
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    ijk = np.linalg.solve(vol.direction * vol.spacing, lps - vol.origin)
+    return int(round(ijk[axis]))
+
+
+def click_voxel(page: Any, vol: Any, orientation: str, ijk: Any, tool: str = "positive") -> None:
+    page.click(f"#tool-{tool}")
+    wait(lambda: state(page, "tool") == tool, STEP_S, f"tool {tool}")
+    view, box = view_box(page, orientation)
+    n = len(state(page, "prompt_points"))
+    page.mouse.click(*pixel_of(view, box, ras_of(vol, ijk)))
+    wait(lambda: len(state(page, "prompt_points")) > n or "not used" in page.inner_text("#status"), STEP_S, "the prompt")
