@@ -28,6 +28,8 @@ from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic  # noqa: E402
 
 from server_helpers import raw  # noqa: E402
 
+from sam2volume import InputError  # noqa: E402
+
 SAM2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
 BASELINE = Settings(mode="local", engine="baseline", device="cpu", window="abdomen", stopAfter=0)
 STEP_BOUND_S = 2.0  # a property (no step waits on the server), not a benchmark: generous on a shared machine
@@ -37,6 +39,14 @@ STEP_BOUND_S = 2.0  # a property (no step waits on the server), not a benchmark:
 def ct(totalseg):
     sc.fresh_scene()
     return sc.load_volume(totalseg / "example_ct_sm.nii.gz", "ct")
+
+
+@pytest.fixture
+def logic():
+    """The module's logic with the tests' engine link (random-weight SAM2 at 128 px), closed afterwards."""
+    lg = SegmentWithSAM2Logic(link=sc.engine_link())
+    yield lg
+    lg.close()
 
 
 def initialize(logic, settings, timeout=300.0):
@@ -67,43 +77,34 @@ def prompt(logic, ct, settings):
     return logic.addPoints(ct, seg, sid, [sc.ras_of(ct, ijk)], [True], sc.slice_node("Red", sc.ras_of(ct, ijk)), settings)
 
 
-def test_initialize_never_blocks_a_step_and_the_first_prompt_builds_no_model(ct):
-    link = sc.engine_link()  # random weights at 128 px: no download
-    logic = SegmentWithSAM2Logic(link=link)
-    try:
-        init, steps = initialize(logic, SAM2)
-        assert init.ready, init.message
-        assert max(d for d, *_ in steps) < STEP_BOUND_S, max(steps)
-        stages = [s for _, s, *_ in steps]
-        assert "waiting" in stages and stages[-1] == "ready", stages
-        assert "ready" in init.message and "sam2.1-hiera-tiny" in init.message
-        server = link.server
-        models = server_json(link, "/v1/models")
-        assert any(m.startswith("sam2.1-hiera-tiny@128px") for m in models["loaded"]), models
-        assert server_json(link, "/v1/stats")["models_built"] == 1
-        u = prompt(logic, ct, SAM2)
-        assert u.mask_kji.shape[0] == 1  # the slice's mask came back
-        assert link.server is server and server.alive()  # no second server was started
-        stats = server_json(link, "/v1/stats")
-        assert stats["models_built"] == 1 and stats["sessions"] == 1, stats  # the session took the loaded model
-        # Initialize again: already loaded, ready at once, nothing built
-        init, _ = initialize(logic, SAM2)
-        assert init.ready and server_json(link, "/v1/stats")["models_built"] == 1
-    finally:
-        logic.close()
+def test_initialize_never_blocks_a_step_and_the_first_prompt_builds_no_model(ct, logic):
+    link = logic.link  # random weights at 128 px: no download
+    init, steps = initialize(logic, SAM2)
+    assert init.ready, init.message
+    assert max(d for d, *_ in steps) < STEP_BOUND_S, max(steps)
+    stages = [s for _, s, *_ in steps]
+    assert "waiting" in stages and stages[-1] == "ready", stages
+    assert "ready" in init.message and "sam2.1-hiera-tiny" in init.message
+    server = link.server
+    models = server_json(link, "/v1/models")
+    assert any(m.startswith("sam2.1-hiera-tiny@128px") for m in models["loaded"]), models
+    assert server_json(link, "/v1/stats")["models_built"] == 1
+    u = prompt(logic, ct, SAM2)
+    assert u.mask_kji.shape[0] == 1  # the slice's mask came back
+    assert link.server is server and server.alive()  # no second server was started
+    stats = server_json(link, "/v1/stats")
+    assert stats["models_built"] == 1 and stats["sessions"] == 1, stats  # the session took the loaded model
+    # Initialize again: already loaded, ready at once, nothing built
+    init, _ = initialize(logic, SAM2)
+    assert init.ready and server_json(link, "/v1/stats")["models_built"] == 1
 
 
-def test_a_prompt_while_initializing_is_refused_with_a_message(ct):
-    link = sc.engine_link()
-    logic = SegmentWithSAM2Logic(link=link)
-    try:
-        logic.startInitialize(SAM2)
-        with pytest.raises(Exception, match="the engine is still starting.*prompt again once it is ready"):
-            prompt(logic, ct, SAM2)
-        init, _ = initialize(logic, SAM2)
-        assert init.ready, init.message
-    finally:
-        logic.close()
+def test_a_prompt_while_initializing_is_refused_with_a_message(ct, logic):
+    logic.startInitialize(SAM2)
+    with pytest.raises(InputError, match="the engine is still starting.*prompt again once it is ready"):
+        prompt(logic, ct, SAM2)
+    init, _ = initialize(logic, SAM2)
+    assert init.ready, init.message
 
 
 # ------------------------------------------------------------- download from a local model host
@@ -295,19 +296,15 @@ def test_a_server_that_cannot_start_fails_initialize_with_its_log():
         logic.close()
 
 
-def test_initialize_again_with_other_settings_starts_over_and_close_ends_it(ct):
-    link = sc.engine_link()
-    logic = SegmentWithSAM2Logic(link=link)
-    try:
-        first = logic.startInitialize(SAM2)
-        assert logic.startInitialize(SAM2) is first  # pressed again: it goes on
-        other = logic.startInitialize(BASELINE)  # other settings: started over for those
-        assert other is not first
-        prompt(logic, ct, SAM2)  # not the settings being initialized: not refused (it waits for the server itself)
-        init, _ = initialize(logic, BASELINE)
-        assert init is other and init.ready and "baseline" in init.message, init.message
-        logic.startInitialize(SAM2)
-        logic.close()  # the module closes while Initialize runs: nothing is left initializing
-        assert not logic.initializing and link.server is None
-    finally:
-        logic.close()
+def test_initialize_again_with_other_settings_starts_over_and_close_ends_it(ct, logic):
+    link = logic.link
+    first = logic.startInitialize(SAM2)
+    assert logic.startInitialize(SAM2) is first  # pressed again: it goes on
+    other = logic.startInitialize(BASELINE)  # other settings: started over for those
+    assert other is not first
+    prompt(logic, ct, SAM2)  # not the settings being initialized: not refused (it waits for the server itself)
+    init, _ = initialize(logic, BASELINE)
+    assert init is other and init.ready and "baseline" in init.message, init.message
+    logic.startInitialize(SAM2)
+    logic.close()  # the module closes while Initialize runs: nothing is left initializing
+    assert not logic.initializing and link.server is None
