@@ -227,22 +227,21 @@ def test_cli_refuses_a_hostile_config_with_exit_2(tmp_path, totalseg, capsys):
     assert not marker.exists() and not out.exists()
 
 
-def test_server_custom_config_is_checked_before_building(tmp_path, totalseg):
-    """`serve --checkpoint F --config C`: a session asking for model 'custom' gets the check's error (422,
-    the client raises ModelError) and the config's target never runs."""
-    from sam2volume import read_volume
-    from sam2volume.client import RemoteSession
-    from sam2volume.engine.config import EngineConfig
-    from server_helpers import local_server, slab
+def test_server_custom_config_is_checked_before_listening(tmp_path):
+    """`serve --checkpoint F --config C` with a hostile config exits 2 with the check's one sentence before it
+    listens (not at the first session), and the config's target never runs."""
+    import subprocess
+    import sys
 
     marker = tmp_path / "marker"
     config = _hostile_config(tmp_path, "model.image_encoder.scalp",
                              {"_target_": "sam2.modeling.sam2_base.torch.save", "obj": 1, "f": str(marker)})
     ckpt = tmp_path / "mine.pt"
     ckpt.write_bytes(b"never read: the config is refused first")
-    vol = slab(read_volume(totalseg / "example_ct_sm.nii.gz"), 12, 2)
-    with local_server("--checkpoint", str(ckpt), "--config", str(config), "--custom-image-size", "128") as server:
-        with pytest.raises(ModelError, match="is not one of SAM2's model classes"):
-            with RemoteSession(server.url, vol, "axial", EngineConfig(model="custom"), token=server.token) as remote:
-                remote.add_points(1, [[10, 10, 0]])
-    assert not marker.exists()
+    ready = tmp_path / "ready.json"
+    proc = subprocess.run([sys.executable, "-m", "sam2volume", "serve", "--port", "0", "--checkpoint", str(ckpt),
+                           "--config", str(config), "--ready-file", str(ready)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "is not one of SAM2's model classes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not ready.exists() and not marker.exists()

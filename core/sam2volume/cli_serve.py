@@ -77,6 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upload_timeout_s=args.upload_timeout, max_image_size=args.max_image_size, max_feature_cache_mb=args.max_feature_cache_mb,
         max_encode_ahead=args.max_encode_ahead, max_encode_batch=args.max_encode_batch,
     )
+    if config.config_file:  # a hostile or broken --config is refused before listening, not at the first session
+        from .engine.predictor import compose_model
+
+        compose_model(config.config_file, {})
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.token_file:
         from .server.token_files import warn_if_shared
