@@ -23,6 +23,7 @@ raise SystemExit(main({argv!r}))
     ("torch", ["segment", "{ct}", "--prompts", "{prompts}", "-o", "{out}", "--random-weights", "--image-size", "64"], "pip install torch"),
     ("sam2", ["segment", "{ct}", "--prompts", "{prompts}", "-o", "{out}", "--random-weights", "--image-size", "64"], "rf-sam-2"),
     ("monai", ["evaluate", "{ds}", "--protocol", "box-middle", "-o", "{run}", "--engine", "baseline", "--no-overlays"], "[metrics]"),
+    ("trame_slicer", ["web", "{ct}", "--engine", "baseline"], "[web]"),
 ])
 def test_missing_optional_package_gives_one_line(tmp_path, totalseg, missing, argv, expected):
     from eval_helpers import plain_ct_dataset

@@ -126,3 +126,40 @@ def test_propagated_segment_equals_sam2volume_and_is_drawn(page, ct, totalseg, t
     if os.environ.get("SAM2VOLUME_WEB_SCREENSHOT"):  # README's picture: SAM2VOLUME_WEB_SCREENSHOT=1 pytest ...
         page.screenshot(path=tmp_path / "page.png")
         Image.open(tmp_path / "page.png").convert("RGB").save(SCREENSHOT, optimize=True)
+
+
+def test_box_negative_point_undo_then_propagate_equals_sam2volume(page, ct, tmp_path):
+    view, box = view_box(page, "axial")
+    k = shown_index(ct, view, 2)
+    corners = [(70, 40, k), (100, 75, k)]  # around the liver's part of the slice
+    page.click("#tool-box")
+    wait(lambda: state(page, "tool") == "box", 60, "the box tool")
+    page.mouse.click(*pixel_of(view, box, ras_of(ct, corners[0])))  # two clicks, as Slicer places a box ROI
+    page.mouse.click(*pixel_of(view, box, ras_of(ct, corners[1])))
+    wait(lambda: len(state(page, "prompt_points")) == 1, 60, "the box prompt")
+    prompt = state(page, "prompt_points")[0]
+    assert prompt["kind"] == "box" and prompt["axis"] == "axial"
+    assert np.all(np.abs(np.array(prompt["ijk"]) - corners) < 0.5), (prompt["ijk"], corners)
+
+    click_voxel(page, ct, "axial", (84, 56, k), tool="negative")
+    prompts = state(page, "prompt_points")
+    assert len(prompts) == 2 and prompts[1]["labels"] == [0]
+    assert np.all(np.abs(np.array(prompts[1]["ijk"][0]) - (84, 56, k)) < 0.5)
+    page.click("#undo")
+    wait(lambda: len(state(page, "prompt_points")) == 1, 60, "undo")
+    assert state(page, "prompt_points")[0] == prompt  # the negative point is gone, the box stays
+
+    page.click("#propagate")
+    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
+         "the propagation")
+    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
+    with page.expect_download() as download:
+        page.click("#download")
+    path = tmp_path / "segmentation.seg.nrrd"
+    download.value.save_as(path)
+    web = read_labelmap(path, reference=ct).array > 0
+    prompts = {"coordinates": "voxel", "axis": "axial", "objects": [{"name": "liver", "label": 1, "boxes": [prompt["ijk"]]}]}
+    expected, _ = api.segment(ct, prompts, engine="baseline", window="abdomen", stop_after=3)
+    expected = np.asarray(expected.array) == 1
+    assert expected.sum() > 1000
+    assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"

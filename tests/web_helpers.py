@@ -37,7 +37,10 @@ def web_app(image: Path, log: Path, *args: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/"
 
     def up() -> bool:
-        assert proc.poll() is None, log.read_text()[-3000:]
+        if proc.poll() is not None:  # its log without VTK's repeated warnings
+            lines = [x for x in log.read_text(errors="replace").splitlines()
+                     if x.strip() and not any(w in x for w in ("WindowResizeEvent", "ConfigureEvent", "vtkObject.cxx"))]
+            raise AssertionError(f"sam2volume web exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return True
@@ -93,13 +96,17 @@ def ras_of(vol: Any, ijk: Any) -> np.ndarray:
 
 def view_box(page: Any, orientation: str) -> tuple[dict, dict]:
     """A slice view's geometry and its picture's box in the page, once the view has the picture's size."""
-    def ready():
+    def look():
         view = state(page, "views")[orientation]
         img = page.locator(f"#{view['id']}").locator("xpath=..").locator("img.image-display-area")
-        box = img.bounding_box() if img.count() == 1 else None
-        if box is not None and (round(box["width"]), round(box["height"])) == tuple(view["size"]):
-            return view, box
-        return None
+        return view, (img.bounding_box() if img.count() == 1 else None)
+
+    def ready():
+        view, box = look()
+        if box is None or (round(box["width"]), round(box["height"])) != tuple(view["size"]):
+            return None
+        time.sleep(0.2)
+        return (view, box) if look() == (view, box) else None  # not in the middle of a re-layout
 
     return wait(ready, STEP_S, f"the {orientation} view's picture")
 

@@ -119,7 +119,9 @@ class WebApp:
             with layout.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                     html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
-                    with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px;"):
+                    # a fixed height: a new prompt line must not move or resize the views under the pointer
+                    with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px; "
+                                  "height: 48px; overflow-y: auto; flex: 0 0 auto;"):
                         html.Div("{{ p }}", v_for="p in prompts", classes="prompt")
                     with html.Div(style="flex: 1 1 auto; position: relative;"):
                         self.layout_manager.initialize_layout_grid(layout)
