@@ -60,9 +60,9 @@ def main() -> int:
     vol = read_volume(image)
     latencies = []
     log = Path(tempfile.mkdtemp(prefix="bench-web-")) / "web.log"  # kept: the app's output, e.g. after a failure
-    with web_app(image, log, "--multisamples", str(args.multisamples)) as url, sync_playwright() as p:
+    with web_app(image, log, "--multisamples", str(args.multisamples)) as app, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = open_page(browser, url)
+        page = open_page(browser, app.url)
         page.click("#tool-positive")
         wait(lambda: state(page, "tool") == "positive", 60, "the tool")
         view, box = view_box(page, "axial")

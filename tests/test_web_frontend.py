@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'segment-with-sam2[web]')")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'web')")
-from web_helpers import CHROMIUM, click_voxel, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
+from web_helpers import CHROMIUM, click_voxel, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
 
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
@@ -33,10 +33,10 @@ SCREENSHOT = ROOT / "docs" / "web.png"  # the README's picture
 
 
 @pytest.fixture(scope="module")
-def app_url(totalseg, tmp_path_factory):
+def app(totalseg, tmp_path_factory):
     """``sam2volume web CT --engine baseline`` on a free loopback port, stopped afterwards."""
-    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as url:
-        yield url
+    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, app_url):
-    page = open_page(browser, app_url)
+def page(browser, app):
+    page = open_page(browser, app.url)
     yield page
     reset(page)
     page.close()
@@ -163,3 +163,35 @@ def test_box_negative_point_undo_then_propagate_equals_sam2volume(page, ct, tmp_
     expected = np.asarray(expected.array) == 1
     assert expected.sum() > 1000
     assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
+
+
+def test_engine_server_killed_during_propagation_gives_a_message_and_the_next_prompt_restarts_it(page, app, ct):
+    """The engine server stops answering (SIGSTOP) once Propagate is pressed, then dies (SIGKILL): the page
+    says why within a bounded time and stays usable; the next prompt starts a new server, as in Slicer."""
+    import signal
+
+    view, _ = view_box(page, "axial")
+    k = shown_index(ct, view, 2)
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+    [pid] = engine_pids(app)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        page.click("#propagate")
+        time.sleep(1.0)
+        assert not page.inner_text("#status").startswith("propagated")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait(lambda: page.inner_text("#status").startswith(("not propagated", "propagation failed")), 60, "the failure message")
+    message = page.inner_text("#status")
+    print("the page says:", message)
+    assert "127.0.0.1" in message or "server" in message, message  # it says what failed
+    assert not page.locator("#propagate").is_disabled()  # the page is usable again
+
+    reset(page)
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+    assert page.inner_text("#status").startswith("positive: mask shown"), page.inner_text("#status")
+    assert engine_pids(app) and pid not in engine_pids(app)  # a new engine server
+    page.click("#propagate")
+    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
+         "the propagation")
+    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,8 +27,8 @@ STEP_S = 60  # longest wait for one page reaction (a CPU shared with other jobs)
 
 
 @contextlib.contextmanager
-def web_app(image: Path, log: Path, *args: str) -> Iterator[str]:
-    """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields its URL, stopped afterwards."""
+def web_app(image: Path, log: Path, *args: str) -> Iterator[Any]:
+    """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields (url, process), stopped afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "sam2volume", "web", str(image), "--engine", "baseline", "--device", "cpu",
            "--window", "abdomen", "--host", "127.0.0.1", "--port", str(port), *args]
@@ -49,9 +50,23 @@ def web_app(image: Path, log: Path, *args: str) -> Iterator[str]:
 
     try:
         wait(up, 180, "sam2volume web to serve its page")
-        yield url
+        yield SimpleNamespace(url=url, process=proc)
     finally:
         stop_process(proc)
+
+
+def engine_pids(app: Any) -> list[int]:
+    """The engine servers the app started (``sam2volume serve ... --parent-pid APP``), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and b"--parent-pid" in cmd and cmd[cmd.index(b"--parent-pid") + 1] == str(app.process.pid).encode():
+                pids.append(int(entry.name))
+    return pids
 
 
 def open_page(browser: Any, url: str) -> Any:

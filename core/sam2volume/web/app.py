@@ -36,11 +36,20 @@ class FetchedJob:
     def __init__(self, job: Any):
         self.job = job
         self._slices: list = []
+        self._error: BaseException | None = None
 
     def fetch(self, timeout: float) -> None:
-        self._slices += self.job.poll(timeout=timeout)
+        try:
+            self._slices += self.job.poll(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - raised again on the loop, inside PropagationTask.poll
+            self._error = exc
 
     def poll(self, wait: float = 0.0, *, timeout: float | None = None) -> list:
+        """What :meth:`fetch` got; its failure (e.g. the engine server gone) is raised here, so that
+        :class:`PropagationTask` ends the task with its own message, as in Slicer."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
         out, self._slices = self._slices, []
         return out
 
@@ -253,7 +262,9 @@ class WebApp:
                     self._prompt_nodes["box"] = None
                     self._observe_prompt_nodes()
                 self._list_prompts(c)
-                self.state.status = f"{kind}: mask shown on {c.axis} slice {update.first}"
+                note = f" ({self.logic.lastMessage})" if self.logic.lastMessage else ""
+                self.logic.lastMessage = ""
+                self.state.status = f"{kind}: mask shown on {c.axis} slice {update.first}{note}"
 
         _create_task(run())
 
