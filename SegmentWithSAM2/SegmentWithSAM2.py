@@ -107,6 +107,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SegmentWithSAM2Logic()
         # asked before SAM2 writes over a segment's content that it did not write (declining writes nothing)
         self.logic.confirmOverwrite = lambda question: slicer.util.confirmYesNoDisplay(question, windowTitle="SegmentWithSAM2")
+        self.logic.initializeOnFirstPrompt = True  # a prompt before Initialize starts it in the background
         place = slicer.qSlicerMarkupsPlaceWidget
         for widget, mode in ((self.ui.pointPlaceWidget, place.ForcePlaceMultipleMarkups), (self.ui.boxPlaceWidget, place.ForcePlaceSingleMarkup)):
             widget.setMRMLScene(slicer.mrmlScene)

@@ -308,3 +308,38 @@ def test_initialize_again_with_other_settings_starts_over_and_close_ends_it(ct, 
     logic.startInitialize(SAM2)
     logic.close()  # the module closes while Initialize runs: nothing is left initializing
     assert not logic.initializing and link.server is None
+
+
+def test_a_first_prompt_without_initialize_starts_it_in_the_background(ct, logic):
+    """As the widget sets it (initializeOnFirstPrompt): the first prompt does not start the server on the
+    GUI thread; it starts Initialize, is refused with a message, and the prompt after "ready" builds nothing."""
+    logic.initializeOnFirstPrompt = True
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="the engine is starting in the background.*prompt again once it says ready"):
+        prompt(logic, ct, SAM2)
+    assert time.monotonic() - t0 < STEP_BOUND_S and logic.initializing
+    init, steps = initialize(logic, SAM2)
+    assert init.ready, init.message
+    assert max(d for d, *_ in steps) < STEP_BOUND_S
+    prompt(logic, ct, SAM2)
+    assert server_json(logic.link, "/v1/stats")["models_built"] == 1
+    # the local server stops (a crash): the next prompt starts Initialize again instead of a blocking restart,
+    # and the prompt after it replays the segment's prompts into the new server
+    seg, sid = logic.prepareSegmentation(ct, segmentName="kept")
+    dims = ct.GetImageData().GetDimensions()
+    point = sc.ras_of(ct, [dims[0] // 2, dims[1] // 2, 14])
+    logic.addPoints(ct, seg, sid, [point], [True], sc.slice_node("Red", point), SAM2)
+    logic.link.server.stop()
+    with pytest.raises(InputError, match="the engine is starting in the background"):
+        logic.addPoints(ct, seg, sid, [point + np.array([2.0, 2.0, 0.0])], [True], sc.slice_node("Red", point), SAM2)
+    init, _ = initialize(logic, SAM2)
+    assert init.ready, init.message
+    u = logic.addPoints(ct, seg, sid, [point + np.array([2.0, 2.0, 0.0])], [True], sc.slice_node("Red", point), SAM2)
+    assert u.mask_kji.shape[0] == 1 and "restarted" in logic.lastMessage, logic.lastMessage
+    assert server_json(logic.link, "/v1/stats")["models_built"] == 1  # the new server's model: Initialize's
+    # it stops again and Initialize is pressed (no prompt in between): the next prompt still replays there
+    logic.link.server.stop()
+    init, _ = initialize(logic, SAM2)
+    assert init.ready, init.message
+    u = logic.addPoints(ct, seg, sid, [point + np.array([-2.0, 2.0, 0.0])], [True], sc.slice_node("Red", point), SAM2)
+    assert u.mask_kji.shape[0] == 1 and "restarted" in logic.lastMessage, logic.lastMessage

@@ -337,6 +337,10 @@ class SegmentWithSAM2Logic:
         self._promptObservers: list[tuple[Any, int]] = []
         self._handlingPrompts = False
         self.initializer: Initializer | None = None  # Initialize under way or done (stepped by poll)
+        # The widget: a prompt that would start the engine or build the model here (no Initialize ready for
+        # its settings) starts Initialize in the background instead and is refused with a message.
+        self.initializeOnFirstPrompt = False
+        self._serverOf: dict[tuple[str, str], Any] = {}  # the local server each controller's session is on
 
     # ------------------------------------------------------------ sessions
     @property
@@ -360,6 +364,18 @@ class SegmentWithSAM2Logic:
     def initializing(self) -> bool:
         return self.initializer is not None and not self.initializer.done
 
+    def _engineStarted(self, settings: Settings) -> None:
+        """With :attr:`initializeOnFirstPrompt`: unless Initialize is ready for these settings (and the local
+        server still runs), start it and refuse the prompt, so that no prompt starts the engine on the GUI thread."""
+        if not self.initializeOnFirstPrompt:
+            return
+        init, server = self.initializer, self.link.server
+        if init is not None and init.ready and init.settings.session_key() == settings.session_key() and (
+                settings.mode != "local" or (server is not None and server.alive())):
+            return
+        init = self.startInitialize(settings)
+        raise InputError(f"the engine is starting in the background ({init.message}); prompt again once it says ready")
+
     def controllerFor(self, volumeNode, segmentationNode, settings: Settings) -> SegmentationController:
         """The controller of this (volume, segmentation). New engine settings replay its prompts; only
         a change of the volume's voxels or geometry starts over, and says so in :attr:`lastMessage`."""
@@ -372,9 +388,10 @@ class SegmentWithSAM2Logic:
         key = (volumeNode.GetID(), segmentationNode.GetID())
         controller = self.controllers.get(key)
         server = self.link.server
-        if controller is not None and settings.mode == "local" and server is not None and not server.alive():
+        if controller is not None and settings.mode == "local" and server is not None and (
+                not server.alive() or self._serverOf.get(key, server) is not server):
             # the local engine server died (a crash or out-of-memory in torch): start a new one and
-            # give it the prompts again; Slicer itself was never at risk
+            # give it the prompts again (Initialize may have started it already); Slicer itself was never at risk
             self._keys[key] = (None,) + self._keys[key][1:]
             self.lastMessage = "the engine server had stopped and was restarted"
             if self.task is not None and self.task.controller is controller:
@@ -388,12 +405,15 @@ class SegmentWithSAM2Logic:
         if controller is not None and self._keys[key][0] != settings.session_key():
             if self.busy:
                 raise InputError("a propagation is running; wait for it or press Cancel before changing settings")
+            self._engineStarted(settings)
             updates = controller.rebuild(self.sessionFactory(settings))
             self.applyUpdates(updates, segmentationNode, volumeNode)
             why = "the engine server had stopped and was restarted" if self._keys[key][0] is None and self.lastMessage else "settings changed"
             self._keys[key] = (settings.session_key(),) + self._keys[key][1:]
+            self._serverOf[key] = self.link.server
             self.lastMessage = f"{why}: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
         if controller is None:
+            self._engineStarted(settings)
             from sam2volume.io.readers import guess_modality
 
             array = slicer.util.arrayFromVolume(volumeNode)
@@ -401,6 +421,7 @@ class SegmentWithSAM2Logic:
                                                 name=volumeNode.GetName(), modality=guess_modality(array))
             self.controllers[key] = controller
             self._keys[key] = (settings.session_key(), volumeNode.GetImageData().GetMTime(), _digest(array))
+            self._serverOf[key] = self.link.server
         return controller
 
     def _volumeChanged(self, key, volumeNode) -> bool:
@@ -817,6 +838,7 @@ class SegmentWithSAM2Logic:
         for key in keys:
             c = self.controllers.pop(key, None)
             self._keys.pop(key, None)
+            self._serverOf.pop(key, None)
             if c is None:
                 continue
             if running is not None and running.controller is c:
