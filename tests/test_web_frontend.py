@@ -195,3 +195,34 @@ def test_engine_server_killed_during_propagation_gives_a_message_and_the_next_pr
     wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
          "the propagation")
     assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
+
+
+def _permuted_ct(totalseg, folder: Path) -> Path:
+    """The CT with its voxel axes permuted (k, i, j): the same anatomy on another voxel grid (SimpleITK)."""
+    import SimpleITK as sitk
+
+    path = folder / "ct_permuted.nii.gz"
+    sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(str(totalseg / "example_ct_sm.nii.gz")), [2, 0, 1]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("which", ["mr_lps", "ct_permuted"])
+def test_click_prompts_the_clicked_voxel_on_lps_and_permuted_volumes(browser, totalseg, tmp_path, which):
+    image = totalseg / "example_mr_sm.nii.gz" if which == "mr_lps" else _permuted_ct(totalseg, tmp_path)
+    vol = read_volume(image)
+    with web_app(image, tmp_path / "web.log") as app:
+        page = open_page(browser, app.url)
+        for orientation in ("axial", "coronal"):
+            view, _ = view_box(page, orientation)
+            normal = int(np.argmax(np.abs(np.linalg.solve(vol.direction * vol.spacing, np.array(view["xy_to_ras"])[:3, 2]
+                                                          * [-1, -1, 1]))))  # the voxel axis across the view
+            target = [int(n * f) for n, f in zip(vol.shape, (0.55, 0.45, 0.6))]
+            target[normal] = shown_index(vol, view, normal)
+            click_voxel(page, vol, orientation, target)
+            prompts = state(page, "prompt_points")
+            assert page.inner_text("#status").startswith("positive: mask shown"), page.inner_text("#status")
+            assert len(prompts) == 1 and prompts[0]["axis"] == orientation
+            ijk = np.array(prompts[0]["ijk"][0])
+            assert np.all(np.abs(ijk - target) < 0.5), (orientation, ijk, target)
+            reset(page)
+        page.close()
