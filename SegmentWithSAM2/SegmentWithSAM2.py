@@ -28,7 +28,7 @@ from slicer.util import VTKObservationMixin
 import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.path)
 from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
-from SegmentWithSAM2Lib.logic import OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
+from SegmentWithSAM2Lib.logic import EngineStarting, OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -347,7 +347,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 message = self.logic.handlePromptEvents(self._promptTarget, self._sliceNodes)
                 if message:
                     self._status(message)
-            except OverwriteDeclined as exc:  # the markup is removed already; the segment is unchanged
+            except (OverwriteDeclined, EngineStarting) as exc:  # the markup is removed already; the segment is unchanged
                 self._status(str(exc))
         self._syncPlaceWidgets()
         self._updateSliceRange()

@@ -24,11 +24,9 @@ import pytest
 import slicer_scene as sc  # noqa: E402  (puts the module folder on sys.path)
 
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings  # noqa: E402
-from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic  # noqa: E402
+from SegmentWithSAM2Lib.logic import EngineStarting, SegmentWithSAM2Logic  # noqa: E402
 
 from server_helpers import raw  # noqa: E402
-
-from sam2volume import InputError  # noqa: E402
 
 SAM2 = Settings(mode="local", engine="sam2", model="sam2.1-hiera-tiny", device="cpu", window="abdomen", stopAfter=0)
 BASELINE = Settings(mode="local", engine="baseline", device="cpu", window="abdomen", stopAfter=0)
@@ -101,7 +99,7 @@ def test_initialize_never_blocks_a_step_and_the_first_prompt_builds_no_model(ct,
 
 def test_a_prompt_while_initializing_is_refused_with_a_message(ct, logic):
     logic.startInitialize(SAM2)
-    with pytest.raises(InputError, match="the engine is still starting.*prompt again once it is ready"):
+    with pytest.raises(EngineStarting, match="the engine is still starting.*prompt again once it is ready"):
         prompt(logic, ct, SAM2)
     init, _ = initialize(logic, SAM2)
     assert init.ready, init.message
@@ -315,7 +313,7 @@ def test_a_first_prompt_without_initialize_starts_it_in_the_background(ct, logic
     GUI thread; it starts Initialize, is refused with a message, and the prompt after "ready" builds nothing."""
     logic.initializeOnFirstPrompt = True
     t0 = time.monotonic()
-    with pytest.raises(InputError, match="the engine is starting in the background.*prompt again once it says ready"):
+    with pytest.raises(EngineStarting, match="the engine is starting in the background.*prompt again once it says ready"):
         prompt(logic, ct, SAM2)
     assert time.monotonic() - t0 < STEP_BOUND_S and logic.initializing
     init, steps = initialize(logic, SAM2)
@@ -330,7 +328,7 @@ def test_a_first_prompt_without_initialize_starts_it_in_the_background(ct, logic
     point = sc.ras_of(ct, [dims[0] // 2, dims[1] // 2, 14])
     logic.addPoints(ct, seg, sid, [point], [True], sc.slice_node("Red", point), SAM2)
     logic.link.server.stop()
-    with pytest.raises(InputError, match="the engine is starting in the background"):
+    with pytest.raises(EngineStarting, match="the engine is starting in the background"):
         logic.addPoints(ct, seg, sid, [point + np.array([2.0, 2.0, 0.0])], [True], sc.slice_node("Red", point), SAM2)
     init, _ = initialize(logic, SAM2)
     assert init.ready, init.message

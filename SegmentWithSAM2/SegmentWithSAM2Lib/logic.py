@@ -60,6 +60,10 @@ class OverwriteDeclined(InputError):
     """The user declined writing over a segment's existing content: nothing was written."""
 
 
+class EngineStarting(InputError):
+    """A prompt refused while Initialize starts the engine in the background: nothing was sent."""
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user sees: the error's own, with advice naming options the module shows."""
     text = str(exc) or type(exc).__name__
@@ -374,7 +378,7 @@ class SegmentWithSAM2Logic:
                 settings.mode != "local" or (server is not None and server.alive())):
             return
         init = self.startInitialize(settings)
-        raise InputError(f"the engine is starting in the background ({init.message}); prompt again once it says ready")
+        raise EngineStarting(f"the engine is starting in the background ({init.message}); prompt again once it says ready")
 
     def controllerFor(self, volumeNode, segmentationNode, settings: Settings) -> SegmentationController:
         """The controller of this (volume, segmentation). New engine settings replay its prompts; only
@@ -384,7 +388,7 @@ class SegmentWithSAM2Logic:
         if segmentationNode is None:
             raise InputError("choose a segmentation and segment first (or press New segment)")
         if self.initializing and self.initializer.settings.session_key() == settings.session_key():
-            raise InputError(f"the engine is still starting ({self.initializer.message}); prompt again once it is ready")
+            raise EngineStarting(f"the engine is still starting ({self.initializer.message}); prompt again once it is ready")
         key = (volumeNode.GetID(), segmentationNode.GetID())
         controller = self.controllers.get(key)
         server = self.link.server
