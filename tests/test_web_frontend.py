@@ -197,6 +197,17 @@ def test_engine_server_killed_during_propagation_gives_a_message_and_the_next_pr
     assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
 
 
+def test_display_window_presets_set_the_views_window(page):
+    assert state(page, "display_window") == "abdomen"  # the engine's --window, where it is a CT preset
+    assert state(page, "display_window_level") == [400.0, 40.0]
+    page.select_option("#display-window", "lung")
+    wait(lambda: state(page, "display_window_level") == [1500.0, -600.0], 60, "the lung window")
+    page.select_option("#display-window", "auto")  # Slicer's automatic window for this CT
+    wait(lambda: state(page, "display_window_level") not in ([1500.0, -600.0], [400.0, 40.0]), 60, "the automatic window")
+    page.select_option("#display-window", "abdomen")
+    wait(lambda: state(page, "display_window_level") == [400.0, 40.0], 60, "the abdomen window")
+
+
 def _permuted_ct(totalseg, folder: Path) -> Path:
     """The CT with its voxel axes permuted (k, i, j): the same anatomy on another voxel grid (SimpleITK)."""
     import SimpleITK as sitk

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
+
+from ..windowing import CT_PRESETS
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic, box_corners, describe_error, slice_node_for_point
 
 log = logging.getLogger("sam2volume.web")
@@ -102,7 +104,11 @@ class WebApp:
         s.prompts = []  # one line per prompt sent: kind, view, voxel (i, j, k)
         s.prompt_points = []
         s.views = {}  # per slice view: XY-to-RAS matrix and size (for pixel positions, e.g. in tests)
+        s.display_windows = ["auto", *CT_PRESETS]
+        s.display_window = self.settings.window if self.settings.window in CT_PRESETS else "auto"
+        s.display_window_level = []  # what the volume's display node shows: [width, level]
         s.change("tool")(self._on_tool)
+        s.change("display_window")(self._on_display_window)
 
     def _build_ui(self) -> None:
         from trame.ui.vuetify3 import SinglePageLayout
@@ -110,21 +116,22 @@ class WebApp:
         from trame.widgets import vuetify3 as v
 
         with SinglePageLayout(self.server) as layout:
-            layout.title.set_text("Segment with SAM2")
+            layout.title.set_text("SAM2")
+            layout.icon.hide()
             with layout.toolbar:
-                with v.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", classes="mx-2"):
-                    v.VBtn("View", value="view", id="tool-view")
-                    v.VBtn("+ point", value="positive", id="tool-positive")
-                    v.VBtn("- point", value="negative", id="tool-negative")
-                    v.VBtn("Box", value="box", id="tool-box")
-                v.VBtn("Propagate", click=self.ctrl.propagate, disabled=("busy",), id="propagate", classes="mx-1")
-                v.VBtn("Cancel", click=self.ctrl.cancel, disabled=("!busy",), id="cancel", classes="mx-1")
-                v.VBtn("Undo", click=self.ctrl.undo, disabled=("busy",), id="undo", classes="mx-1")
-                v.VBtn("Reset", click=self.ctrl.reset, id="reset", classes="mx-1")
-                v.VBtn("Download .seg.nrrd", id="download", classes="mx-1",
+                with v.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", classes="mx-1"):
+                    for label, value in (("View", "view"), ("+ point", "positive"), ("- point", "negative"), ("Box", "box")):
+                        v.VBtn(label, value=value, id=f"tool-{value}", size="small")
+                for label, name, disabled in (("Propagate", "propagate", "busy"), ("Cancel", "cancel", "!busy"),
+                                              ("Undo", "undo", "busy"), ("Reset", "reset", None)):
+                    v.VBtn(label, click=getattr(self.ctrl, name), disabled=(disabled,) if disabled else False, id=name,
+                           size="small", classes="mx-1")
+                v.VBtn("Download", id="download", size="small", classes="mx-1", title="the segmentation as .seg.nrrd",
                        click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
-                v.VSpacer()
-                v.VProgressLinear(model_value=("progress",), id="progress", style="max-width: 200px", height=8)
+                html.Span("Window", classes="ml-2 mr-1 text-caption")
+                with html.Select(v_model=("display_window",), id="display-window", style="border: 1px solid #999; padding: 0 4px;"):
+                    html.Option("{{ w }}", v_for="w in display_windows", value=("w",), key="w")
+                v.VProgressLinear(model_value=("progress",), id="progress", style="max-width: 160px", height=8, classes="mx-2")
             with layout.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                     html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
@@ -154,6 +161,9 @@ class WebApp:
             view.get_view_node().AddObserver("ModifiedEvent", lambda *_: self._publish_views())
             # the view clicked last: where three planes cross, the nearest plane alone cannot tell
             view.interactor().AddObserver("LeftButtonPressEvent", lambda *_, n=view.get_view_node(): setattr(self, "_pressed", n), 10.0)
+        volume.CreateDefaultDisplayNodes()
+        self._display_node = volume.GetDisplayNode()
+        self._on_display_window(self.state.display_window, volume_display=self._display_node)
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_view()
             view.interactor().AddObserver("LeftButtonPressEvent", lambda *_: setattr(self, "_pressed", None), 10.0)
@@ -163,6 +173,19 @@ class WebApp:
         """The segment in SEGMENT_COLOUR (unlike the green + and red - points), filled in the slice views."""
         self.segmentation.GetSegmentation().GetSegment(self.segment_id).SetColor(*SEGMENT_COLOUR)
         self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
+
+    def _on_display_window(self, display_window: str, volume_display: Any = None, **_: Any) -> None:
+        """The slice views' intensity window: a CT preset (width, level as sam2volume's windowing) or
+        Slicer's automatic one. The engine's own window is --window, fixed for the session."""
+        node = volume_display or getattr(self, "_display_node", None)
+        if node is None:
+            return
+        if display_window in CT_PRESETS:
+            node.SetAutoWindowLevel(0)
+            node.SetWindowLevel(*CT_PRESETS[display_window])
+        else:
+            node.SetAutoWindowLevel(1)
+        self.state.display_window_level = [round(node.GetWindow(), 3), round(node.GetLevel(), 3)]
 
     def slice_nodes(self) -> list:
         return [view.get_view_node() for view in self.slicer_app.view_manager.get_slice_views()]
