@@ -29,6 +29,7 @@ import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.pa
 from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
 from SegmentWithSAM2Lib.logic import EngineStarting, OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
+from SegmentWithSAM2Lib.logic import candidate_choices, editor_node
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -38,7 +39,8 @@ DEVICES = ["auto", "cuda", "mps", "cpu"]
 WINDOWS = ["auto", *CT_PRESETS, "percentile"]
 DIRECTIONS = ["both", "forward", "backward"]
 VIEWS = ["Red", "Yellow", "Green"]
-# keys while the module is shown, anywhere in Slicer's main window (a key typed into a text field stays text)
+# keys while the module is shown, anywhere in Slicer's main window (a key typed into a text field stays text);
+# the embedded Segment Editor's own keys (1-0 pick an effect, Z/Y undo/redo, ...) are not installed here
 SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "T": "toggle", "P": "propagate", "U": "undo"}
 
 
@@ -109,9 +111,16 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.confirmOverwrite = lambda question: slicer.util.confirmYesNoDisplay(question, windowTitle="SegmentWithSAM2")
         self.logic.initializeOnFirstPrompt = True  # a prompt before Initialize starts it in the background
         place = slicer.qSlicerMarkupsPlaceWidget
-        for widget, mode in ((self.ui.pointPlaceWidget, place.ForcePlaceMultipleMarkups), (self.ui.boxPlaceWidget, place.ForcePlaceSingleMarkup)):
+        # a curve is placed point by point until right-click or double-click (persistent place mode)
+        for widget, mode in ((self.ui.pointPlaceWidget, place.ForcePlaceMultipleMarkups), (self.ui.boxPlaceWidget, place.ForcePlaceSingleMarkup),
+                             (self.ui.scribblePlaceWidget, place.ForcePlaceMultipleMarkups), (self.ui.lassoPlaceWidget, place.ForcePlaceMultipleMarkups)):
             widget.setMRMLScene(slicer.mrmlScene)
             widget.placeMultipleMarkups = mode
+            widget.connect("activeMarkupsPlaceModeChanged(bool)", lambda on: on and self.ui.segmentEditorWidget.setActiveEffect(None))
+        self._candidateButtons = [self.ui.candidate1Button, self.ui.candidate2Button, self.ui.candidate3Button]
+        for i, button in enumerate(self._candidateButtons):
+            button.connect("clicked(bool)", lambda _=False, i=i: self.onChooseMask(i))
+        self._setupEditor()
         self.ui.pointSignButton.connect("toggled(bool)", self.onPointSign)
         self.ui.segmentSelector.setMRMLScene(slicer.mrmlScene)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
@@ -128,6 +137,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fromSegmentButton.connect("clicked(bool)", self.onFromSegment)
         self.ui.useRangeCheckBox.connect("toggled(bool)", lambda on: self.ui.sliceRangeWidget.setEnabled(on))
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.logic.prompts.show_segment)
+        self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self._syncEditor())
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", lambda _: self._syncEditor())
+        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self._onEditorSegment)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self._syncEditor())
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._timer = qt.QTimer()
@@ -142,6 +155,32 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._syncPlaceWidgets()
             self._setShortcuts(True)
 
+    def _setupEditor(self) -> None:
+        """The embedded Segment Editor: its own node (logic.editor_node, set before the scene as Slicer's
+        Segment Editor module does), whose overwrite setting SAM2's write-back follows."""
+        editor = self.ui.segmentEditorWidget
+        self.logic.editorNode = editor_node(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(self.logic.editorNode)
+        editor.setMRMLScene(slicer.mrmlScene)
+
+    def _syncEditor(self) -> None:
+        """The editor edits the segmentation and segment chosen in the module, on the input volume."""
+        editor = self.ui.segmentEditorWidget
+        seg = self.ui.segmentSelector.currentNode()
+        if editor.segmentationNode() is not seg:
+            editor.setSegmentationNode(seg)
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if seg is not None and volume is not None and editor.sourceVolumeNode() is not volume:
+            editor.setSourceVolumeNode(volume)
+        segmentId = self.ui.segmentSelector.currentSegmentID()
+        if seg is not None and segmentId and editor.currentSegmentID() != segmentId:
+            editor.setCurrentSegmentID(segmentId)
+
+    def _onEditorSegment(self, segmentId: str) -> None:
+        """A segment chosen (or added) in the editor is the module's segment too."""
+        if segmentId and self.ui.segmentSelector.currentSegmentID() != segmentId:
+            self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+
     def cleanup(self) -> None:
         self._timer.stop()
         self.removeObservers()
@@ -154,6 +193,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._syncPlaceWidgets()
         self._updateSliceRange()
         self._setShortcuts(True)
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()
+        self._syncEditor()
         self.checkDependencies(onEntry=True)
 
     def exit(self) -> None:
@@ -161,17 +202,22 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setShortcuts(False)
         self.logic.unobservePromptNodes()
         self.logic.stopPlacing()
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # as Slicer's Segment Editor module does on leaving
+        self.ui.segmentEditorWidget.removeViewObservations()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
 
     # ----------------------------------------------------------------- scene
     def onSceneStartClose(self, caller, event) -> None:
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         self.logic.unobservePromptNodes()
         self.logic.reset()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._setupEditor()
         if self.parent.isEntered:
             self.initializeParameterNode()
             self.logic.observePromptNodes()
@@ -292,10 +338,13 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return "negative" if self.ui.pointSignButton.checked else "positive"
 
     def _syncPlaceWidgets(self) -> None:
-        """The point tool places into the positive or the negative prompt node (its sign), the box tool
-        into the unused box node (a used box makes a new one); a tool that was placing goes on placing."""
+        """The point tool places into the positive or the negative prompt node (its sign), the scribble
+        tool into the scribble node of that sign, the box and lasso tools into their unused node (a used
+        one makes a new one); a tool that was placing goes on placing."""
         nodes = self.logic.observedPromptNodes
-        for widget, kind in ((self.ui.pointPlaceWidget, self._pointKind()), (self.ui.boxPlaceWidget, "box")):
+        scribble = "negative_scribble" if self._pointKind() == "negative" else "scribble"
+        for widget, kind in ((self.ui.pointPlaceWidget, self._pointKind()), (self.ui.boxPlaceWidget, "box"),
+                             (self.ui.scribblePlaceWidget, scribble), (self.ui.lassoPlaceWidget, "lasso")):
             node = nodes.get(kind)
             if node is not None and widget.currentNode() is not node:
                 placing = widget.placeModeEnabled
@@ -309,6 +358,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def place(self, kind: str) -> None:
         """Start placing a prompt: "positive" or "negative" (the point tool with that sign) or "box"."""
+        self.ui.segmentEditorWidget.setActiveEffect(None)  # an editor effect and a SAM2 tool never both take clicks
         if kind != "box":
             self.ui.pointSignButton.checked = kind == "negative"
         (self.ui.boxPlaceWidget if kind == "box" else self.ui.pointPlaceWidget).setPlaceModeEnabled(True)
@@ -351,8 +401,32 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._status(str(exc))
         self._syncPlaceWidgets()
         self._updateSliceRange()
+        self._updateCandidates()
         if self.logic.promptEvents:  # left after an error: the next ones, on the next turn of the event loop
             qt.QTimer.singleShot(0, self.onPromptEvents)
+
+    def _updateCandidates(self) -> None:
+        """SAM2's candidate masks of the segment's newest prompt when it is a single click (else disabled)."""
+        candidates = None
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        seg, segmentId = self.ui.segmentSelector.currentNode(), self.ui.segmentSelector.currentSegmentID()
+        if volume is not None and seg is not None and segmentId:
+            try:
+                candidates = self.logic.maskCandidates(volume, seg, segmentId)
+            except Exception as exc:  # noqa: BLE001 - no candidates shown is all a failure here means
+                logging.warning("no candidate masks: %s", describe_error(exc))
+        for button, (text, enabled, checked) in zip(self._candidateButtons, candidate_choices(candidates)):
+            button.text, button.enabled, button.checked = text, enabled, checked
+
+    def onChooseMask(self, index: int) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not use this mask.", waitCursor=True):
+            try:
+                volume, seg, segmentId = self._segment()
+                self.logic.chooseMask(volume, seg, segmentId, index)
+                self._status(f"mask {index + 1} chosen; propagate")
+            except OverwriteDeclined as exc:
+                self._status(str(exc))
+        self._updateCandidates()
 
     def _updateSliceRange(self) -> None:
         """The slice range widget spans the volume's slices along the prompts' axis (volume slice
@@ -376,6 +450,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.undoLastPrompt(volume, seg, segmentId)
             self._status("last prompt undone")
             self._updateSliceRange()
+        self._updateCandidates()
 
     def _promptView(self, volume, seg):
         """The shown slice view whose orientation matches this segmentation's prompts (else the red one)."""
@@ -484,15 +559,13 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentSelector.setCurrentNode(seg)
             self.ui.segmentSelector.setCurrentSegmentID(segmentId)
 
-    @staticmethod
-    def saveStateForUndo(segmentationNode, volumeNode) -> None:
-        """Let Edit > Undo in the Segment Editor take the propagation back."""
-        try:
-            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        except AttributeError:
-            return
-        editor.setSegmentationNode(segmentationNode)
-        editor.setSourceVolumeNode(volumeNode)
+    def saveStateForUndo(self, segmentationNode, volumeNode) -> None:
+        """Let Undo in the embedded Segment Editor take the propagation back."""
+        editor = self.ui.segmentEditorWidget
+        if editor.segmentationNode() is not segmentationNode:
+            editor.setSegmentationNode(segmentationNode)
+        if editor.sourceVolumeNode() is not volumeNode:
+            editor.setSourceVolumeNode(volumeNode)
         editor.saveStateForUndo()
 
     def _status(self, text: str) -> None:

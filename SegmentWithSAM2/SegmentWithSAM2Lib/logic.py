@@ -127,6 +127,38 @@ def curve_points(curve) -> np.ndarray:
     return np.array(out, dtype=np.float64).reshape(-1, 3)
 
 
+EDITOR_SINGLETON = "SegmentWithSAM2"  # the singleton tag of the module's embedded Segment Editor's node
+
+
+def editor_node(scene):
+    """The module's own Segment Editor node (its embedded ``qMRMLSegmentEditorWidget``'s), made as Slicer's
+    Segment Editor module makes its one: a singleton created from the scene's default node (so it starts with
+    the application's overwrite setting). Not Slicer's own node: two editor widgets on one node would both
+    act on its active effect."""
+    node = scene.GetSingletonNode(EDITOR_SINGLETON, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(EDITOR_SINGLETON)
+        node = scene.AddNode(node)
+    return node
+
+
+CANDIDATE_BUTTONS = 3  # the widget's buttons for SAM2's candidate masks of a single click
+
+
+def candidate_choices(candidates, n: int = CANDIDATE_BUTTONS) -> list[tuple[str, bool, bool]]:
+    """(text, enabled, checked) of each of the widget's ``n`` candidate buttons for ``candidates`` (the
+    ``MaskCandidates`` of :meth:`SegmentWithSAM2Logic.maskCandidates`, or None: all disabled)."""
+    out = []
+    for i in range(n):
+        if candidates is None or i >= len(candidates.scores):
+            out.append((f"Mask {i + 1}", False, False))
+        else:
+            out.append((f"Mask {i + 1} ({100 * float(candidates.scores[i]):.0f}%)", True, i == int(candidates.chosen)))
+    return out
+
+
 RELOADED_PACKAGES = ("SegmentWithSAM2Lib", "sam2volume")
 
 
@@ -151,8 +183,8 @@ def default_input_volume(scene):
 class PromptEvent(NamedTuple):
     """A markups event on a prompt node, queued by its observer and handled later, outside the event."""
 
-    what: str  # "placed", "moved" or "removed"
-    kind: str  # "positive", "negative" or "box"
+    what: str  # "placed", "moved", "removed", or "finished" (a stroke no longer being placed)
+    kind: str  # "positive", "negative", "box", or a stroke: "scribble", "negative_scribble", "lasso"
     nodeID: str
     pointID: str = ""  # the placed point's control point ID (points only)
 
@@ -333,8 +365,12 @@ class SegmentWithSAM2Logic:
         # segment): ``confirmOverwrite(question) -> bool``; the widget passes a Qt question dialog.
         # None: nobody to ask (the Python console), writes go ahead.
         self.confirmOverwrite: Callable[[str], bool] | None = None
-        self._trusted: set[tuple[str, str]] = set()  # (segmentation, segment): created here, or the user said yes
-        self._written: dict[tuple[str, str], set[tuple[int, int]]] = {}  # (voxel axis, slice) this logic wrote
+        # (segmentation, segment) -> (voxel axis, slice) -> digests of the slice contents SAM2 wrote there or the
+        # user accepted (said yes, or started from the segment): a hand edit since makes the slice the user's again
+        self._written: dict[tuple[str, str], dict[tuple[int, int], set[str]]] = {}
+        # the Segment Editor node whose overwrite setting write-back follows (the module's embedded editor);
+        # None: Slicer's Segment Editor node, else the default (writeback.overwrite_mode)
+        self.editorNode = None
         self.promptEvents: list[PromptEvent] = []  # queued by the prompt nodes' observers, see observePromptNodes
         self.onPromptEvent: Callable[[], None] | None = None  # told (inside the event) that one was queued
         self.observedPromptNodes: dict[str, Any] = {}
@@ -517,7 +553,7 @@ class SegmentWithSAM2Logic:
         view = view_slice(s2r, c.volume, c.ijk_to_ras, w2l)
         current = read_slab(segmentationNode, segmentId, volumeNode, view.voxel_axis, view.index, view.index)
         u = c.add_mask(segmentId, current, s2r, w2l)
-        self._trusted.add((segmentationNode.GetID(), segmentId))  # the user chose to work from this segment
+        self._accept(segmentationNode, segmentId, volumeNode, view.voxel_axis)  # the user chose to work from this segment
         self.applyUpdates([u], segmentationNode, volumeNode)
         return u
 
@@ -617,6 +653,43 @@ class SegmentWithSAM2Logic:
         self.unobservePromptNodes()
         for kind in PROMPT_KINDS:
             self._observePromptNode(kind, self.prompts.get(kind))
+        for kind in STROKE_KINDS:  # a stroke is sent once finished: see _queueFinishedStrokes
+            self.observedPromptNodes[kind] = self.prompts.get(kind)
+        # a stroke is finished when Slicer ends place mode (right-click, double-click, Esc or another mouse
+        # mode: vtkMRMLInteractionNode::EndPlacementEvent) or another node becomes the one being placed
+        interaction, selection = self._placingNodes()
+        for node, event in ((interaction, slicer.vtkMRMLInteractionNode.EndPlacementEvent),
+                            (selection, slicer.vtkMRMLSelectionNode.ActivePlaceNodeIDChangedEvent)):
+            if node is not None:
+                self._promptObservers.append((node, node.AddObserver(event, lambda caller, _event: self._queueFinishedStrokes())))
+
+    def _placingNodes(self):
+        return (self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton"), self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton"))
+
+    def finishedStrokes(self) -> list[tuple[str, Any]]:
+        """(kind, node) of the module's current stroke nodes that have points and are no longer being placed
+        (not the active place node while in place mode)."""
+        interaction, selection = self._placingNodes()
+        placing = None
+        if interaction is not None and selection is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+            placing = selection.GetActivePlaceNodeID()
+        out = []
+        for kind in STROKE_KINDS:
+            node = self.observedPromptNodes.get(kind)
+            if node is not None and node.GetScene() is self.scene and not node.GetLocked() and node.GetID() != placing \
+                    and len(curve_points(node)):
+                out.append((kind, node))
+        return out
+
+    def _queueFinishedStrokes(self) -> None:
+        queued = False
+        for kind, node in self.finishedStrokes():
+            event = PromptEvent("finished", kind, node.GetID())
+            if event not in self.promptEvents:
+                self.promptEvents.append(event)
+                queued = True
+        if queued and self.onPromptEvent is not None:
+            self.onPromptEvent()
 
     def _observePromptNode(self, kind: str, node) -> None:
         markups = slicer.vtkMRMLMarkupsNode
@@ -687,7 +760,22 @@ class SegmentWithSAM2Logic:
             for volume, seg in self._prompted(node.GetID()):
                 self.syncMovedPoints(volume, seg, node, sliceNodes())
             return ""
-        if event.kind == "box":
+        if event.what == "finished":
+            if node.GetLocked() or not len(curve_points(node)):
+                return ""  # used already, or its points were removed since
+            try:
+                t = target()
+                view = slice_node_for_point(curve_points(node).mean(axis=0), sliceNodes())
+                if event.kind == "lasso":
+                    self.addLasso(t.volumeNode, t.segmentationNode, t.segmentId, node, view, t.settings)
+                else:
+                    self.addScribble(t.volumeNode, t.segmentationNode, t.segmentId, node, view, t.settings)
+            except Exception:
+                if not node.GetLocked():
+                    node.RemoveAllControlPoints()  # a refused stroke is not left on screen as if it counted
+                raise
+            self.observedPromptNodes[event.kind] = self.prompts.get(event.kind)  # the next stroke: a new node
+        elif event.kind == "box":
             if node.GetLocked():  # used already (both of a box's clicks were queued)
                 return ""
             try:
@@ -742,7 +830,7 @@ class SegmentWithSAM2Logic:
         selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
         if interaction is None or selection is None or interaction.GetCurrentInteractionMode() != interaction.Place:
             return
-        ours = {n.GetID() for kind in PROMPT_KINDS for n in self.prompts.find(kind)}
+        ours = {n.GetID() for kind in NODE_KINDS for n in self.prompts.find(kind)}
         if selection.GetActivePlaceNodeID() in ours:
             interaction.SwitchToViewTransformMode()
 
@@ -851,8 +939,7 @@ class SegmentWithSAM2Logic:
                 self._close(c)
         if running is not None and not any(t is running for t, _ in self._closing):
             self._closing.append((running, None))
-        if volumeNode is None:  # the scene is closing (node ids are used again): forget which segments were ours
-            self._trusted.clear()
+        if volumeNode is None:  # the scene is closing (node ids are used again): forget which slices were ours
             self._written.clear()
         self.prompts.clear()
         self.promptEvents.clear()
@@ -887,14 +974,45 @@ class SegmentWithSAM2Logic:
         differs = np.any(current != slab_kji, axis=tuple(x for x in range(3) if x != k_axis))
         written = 0
         # other segments under the mask: as the Segment Editor's overwrite setting says (all, visible, none)
-        overwrite = overwritable_segments(segmentationNode, segmentId, overwrite_mode(self.scene)) if differs.any() else []
+        mode = self.editorNode.GetOverwriteMode() if self.editorNode is not None else overwrite_mode(self.scene)
+        overwrite = overwritable_segments(segmentationNode, segmentId, mode) if differs.any() else []
         for f, l in runs_of(differs):
             sub: list[Any] = [slice(None)] * 3
             sub[k_axis] = slice(f, l + 1)
+            # other segments' slices that were SAM2's (or empty) stay SAM2's once the mask takes their voxels
+            theirs = {o: self._oursOnSlices(segmentationNode, o, volumeNode, axis, first + f, first + l) for o in overwrite}
             write_slab(segmentationNode, segmentId, volumeNode, axis, first + f, first + l, slab_kji[tuple(sub)], overwrite)
-            self._written.setdefault((segmentationNode.GetID(), segmentId), set()).update((axis, n) for n in range(first + f, first + l + 1))
+            self._record(segmentationNode, segmentId, volumeNode, axis, range(first + f, first + l + 1))
+            for o, ours in theirs.items():
+                self._record(segmentationNode, o, volumeNode, axis, ours)
             written += l - f + 1
         return written
+
+    def _sliceDigests(self, segmentationNode, segmentId, volumeNode, axis: int, first: int, last: int) -> list[tuple[bool, str]]:
+        """(non-empty, digest) of the segment's content on each volume slice first..last along ``axis``."""
+        slab = read_slab(segmentationNode, segmentId, volumeNode, axis, first, last)
+        return [(bool(s.any()), _digest(s)) for s in np.moveaxis(slab, 2 - axis, 0)]
+
+    def _oursOnSlices(self, segmentationNode, segmentId, volumeNode, axis: int, first: int, last: int) -> list[int]:
+        """The slices first..last where the segment is empty or holds what SAM2 wrote (or the user accepted)."""
+        known = self._written.get((segmentationNode.GetID(), segmentId), {})
+        return [first + d for d, (on, h) in enumerate(self._sliceDigests(segmentationNode, segmentId, volumeNode, axis, first, last))
+                if not on or h in known.get((axis, first + d), ())]
+
+    def _record(self, segmentationNode, segmentId, volumeNode, axis: int, slices: Iterable[int]) -> None:
+        """The segment's present content on these slices is SAM2's (written, or accepted by the user)."""
+        slices = sorted(slices)
+        if not slices:
+            return
+        known = self._written.setdefault((segmentationNode.GetID(), segmentId), {})
+        for f, l in runs_of(np.isin(np.arange(slices[0], slices[-1] + 1), slices)):
+            for d, (_, h) in enumerate(self._sliceDigests(segmentationNode, segmentId, volumeNode, axis, slices[0] + f, slices[0] + l)):
+                known.setdefault((axis, slices[0] + f + d), set()).add(h)
+
+    def _accept(self, segmentationNode, segmentId, volumeNode, axis: int) -> None:
+        """All the segment holds now (along ``axis``) is accepted: SAM2 may write over it without asking."""
+        n = volumeNode.GetImageData().GetDimensions()[axis]
+        self._record(segmentationNode, segmentId, volumeNode, axis, range(n))
 
     def writeFinalResult(self, controller: SegmentationController, segmentationNode, volumeNode, segmentIds,
                          before: dict[str, np.ndarray], visited: dict[str, set[int]]) -> int:
@@ -930,9 +1048,8 @@ class SegmentWithSAM2Logic:
             segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
         segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
-        if not segmentId:  # a segment made here is SAM2's to write (an existing one of that name is asked about)
+        if not segmentId:  # a segment made here is empty: all it holds later is SAM2's writes or hand edits
             segmentId = segmentation.AddEmptySegment("", segmentName)
-            self._trusted.add((segmentationNode.GetID(), segmentId))
         return segmentationNode, segmentId
 
     def segmentFor(self, volumeNode, segmentationNode=None, segmentId: str | None = None):
@@ -961,12 +1078,13 @@ class SegmentWithSAM2Logic:
         touched = current.any(axis=other)
         if new_kji is not None:
             touched &= np.any(current != np.asarray(new_kji, bool), axis=other)
-        ours = self._written.get((segmentationNode.GetID(), segmentId), set())
-        return [first + d for d in np.flatnonzero(touched) if (axis, first + d) not in ours]
+        known = self._written.get((segmentationNode.GetID(), segmentId), {})
+        return [first + d for d in np.flatnonzero(touched)
+                if _digest(np.take(current, d, axis=k_axis)) not in known.get((axis, first + d), ())]
 
-    def _ask(self, segmentationNode, segmentId, slices: list[int], what: str) -> None:
-        """Ask before writing over the user's content; a no raises OverwriteDeclined, a yes makes the
-        segment SAM2's for the rest of this scene."""
+    def _ask(self, segmentationNode, segmentId, volumeNode, axis: int, slices: list[int], what: str) -> None:
+        """Ask before writing over the user's content; a no raises OverwriteDeclined, a yes accepts all
+        the segment holds now (SAM2 writes over it without asking again; a later hand edit is asked about)."""
         if not slices or self.confirmOverwrite is None:
             return
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
@@ -977,16 +1095,17 @@ class SegmentWithSAM2Logic:
                     "No keeps the segment unchanged; choose no segment (None) to start a new one.")
         if not self.confirmOverwrite(question):
             raise OverwriteDeclined(f"segment '{name}' was kept unchanged (writing over its content was declined)")
-        self._trusted.add((segmentationNode.GetID(), segmentId))
+        self._accept(segmentationNode, segmentId, volumeNode, axis)
 
     def _confirmPromptWrite(self, controller: SegmentationController, update: SliceUpdate, segmentationNode, volumeNode) -> None:
         """Before a prompt's mask is written into a segment with content SAM2 did not write: ask. A no
         takes the prompt back from the engine, and nothing is written."""
-        if self.confirmOverwrite is None or (segmentationNode.GetID(), update.segment_id) in self._trusted:
+        if self.confirmOverwrite is None:
             return
         slices = self._foreignSlices(segmentationNode, update.segment_id, volumeNode, update.voxel_axis, update.first, update.mask_kji)
         try:
-            self._ask(segmentationNode, update.segment_id, slices, "The prompt's mask replaces it on that slice.")
+            self._ask(segmentationNode, update.segment_id, volumeNode, update.voxel_axis, slices,
+                      "The prompt's mask replaces it on that slice.")
         except OverwriteDeclined:
             controller.take_back_last_prompt(update.segment_id)
             raise
@@ -994,6 +1113,7 @@ class SegmentWithSAM2Logic:
     def _confirmPropagationWrites(self, controller: SegmentationController, segmentIds, segmentationNode, volumeNode) -> None:
         """Before a propagation starts: ask about each segment with content SAM2 did not write."""
         for sid in segmentIds:
-            if self.confirmOverwrite is not None and (segmentationNode.GetID(), sid) not in self._trusted:
+            if self.confirmOverwrite is not None:
                 slices = self._foreignSlices(segmentationNode, sid, volumeNode, controller.voxel_axis, 0, None)
-                self._ask(segmentationNode, sid, slices, "Propagating replaces it on the slices SAM2 reaches.")
+                self._ask(segmentationNode, sid, volumeNode, controller.voxel_axis, slices,
+                          "Propagating replaces it on the slices SAM2 reaches.")
