@@ -197,6 +197,22 @@ def test_engine_server_killed_during_propagation_gives_a_message_and_the_next_pr
     assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
 
 
+def test_page_reloaded_during_propagation_shows_the_finished_job(page, ct):
+    """The job lives in the app, not the page: a reload right after Propagate finds it running or done,
+    with the prompts and the result; nothing is started twice."""
+    view, _ = view_box(page, "axial")
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], shown_index(ct, view, 2)))
+    prompts = state(page, "prompt_points")
+    page.click("#propagate")
+    page.reload()
+    page.wait_for_selector("#status")
+    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
+         "the propagation, seen from the reloaded page")
+    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
+    assert state(page, "prompt_points") == prompts and state(page, "progress") == 100 and not state(page, "busy")
+    assert len(page.locator("#prompts .prompt").all()) == 1
+
+
 def test_display_window_presets_set_the_views_window(page):
     assert state(page, "display_window") == "abdomen"  # the engine's --window, where it is a CT preset
     assert state(page, "display_window_level") == [400.0, 40.0]
