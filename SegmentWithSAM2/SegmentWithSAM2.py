@@ -29,7 +29,7 @@ import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.pa
 from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
 from SegmentWithSAM2Lib.logic import EngineStarting, OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
-from SegmentWithSAM2Lib.logic import candidate_choices, editor_node
+from SegmentWithSAM2Lib.logic import candidate_choices, editor_node, segment_from_editor
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -56,6 +56,9 @@ class SegmentWithSAM2(ScriptedLoadableModule):
             "Propagate through the volume with SAM2, correct on any slice and propagate again. "
             "Keys while the module is shown: 1 positive point, 2 negative point, T toggles the point tool's sign, "
             "3 box, P propagate, U undo last prompt. "
+            "Scribble and lasso: click along or around the object, right-click or double-click to finish. "
+            "After a single click, Candidate masks offers SAM2's other masks. The Segment Editor section "
+            "edits the same segment by hand (its own number keys are not active here). "
             "See the project README, section 3D Slicer."
         )
         self.parent.acknowledgementText = "Uses Meta's SAM 2 (Apache-2.0) and MedSAM2 checkpoints."
@@ -139,6 +142,7 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.logic.prompts.show_segment)
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self._syncEditor())
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", lambda _: self._syncEditor())
+        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", lambda _: self._updateCandidates())
         self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self._onEditorSegment)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self._syncEditor())
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -164,22 +168,28 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setMRMLScene(slicer.mrmlScene)
 
     def _syncEditor(self) -> None:
-        """The editor edits the segmentation and segment chosen in the module, on the input volume."""
+        """The editor edits the segmentation and segment chosen in the module (none chosen: none selected
+        there either), on the input volume."""
         editor = self.ui.segmentEditorWidget
         seg = self.ui.segmentSelector.currentNode()
-        if editor.segmentationNode() is not seg:
-            editor.setSegmentationNode(seg)
-        volume = self._parameterNode.inputVolume if self._parameterNode else None
-        if seg is not None and volume is not None and editor.sourceVolumeNode() is not volume:
-            editor.setSourceVolumeNode(volume)
         segmentId = self.ui.segmentSelector.currentSegmentID()
-        if seg is not None and segmentId and editor.currentSegmentID() != segmentId:
-            editor.setCurrentSegmentID(segmentId)
+        self._syncingEditor = True
+        try:
+            if editor.segmentationNode() is not seg:
+                editor.setSegmentationNode(seg)  # selects its first segment by itself
+            volume = self._parameterNode.inputVolume if self._parameterNode else None
+            if seg is not None and volume is not None and editor.sourceVolumeNode() is not volume:
+                editor.setSourceVolumeNode(volume)
+            if seg is not None and editor.currentSegmentID() != (segmentId or ""):
+                editor.setCurrentSegmentID(segmentId or "")
+        finally:
+            self._syncingEditor = False
 
     def _onEditorSegment(self, segmentId: str) -> None:
-        """A segment chosen (or added) in the editor is the module's segment too."""
-        if segmentId and self.ui.segmentSelector.currentSegmentID() != segmentId:
-            self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+        """A segment the user chose (or added) in the editor is the module's segment too."""
+        chosen = segment_from_editor(segmentId, self.ui.segmentSelector.currentSegmentID(), getattr(self, "_syncingEditor", False))
+        if chosen is not None:
+            self.ui.segmentSelector.setCurrentSegmentID(chosen)
 
     def cleanup(self) -> None:
         self._timer.stop()

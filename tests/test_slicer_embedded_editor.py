@@ -20,7 +20,7 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from SegmentWithSAM2Lib.logic import EDITOR_SINGLETON, OverwriteDeclined, editor_node  # noqa: E402
+from SegmentWithSAM2Lib.logic import EDITOR_SINGLETON, OverwriteDeclined, editor_node, segment_from_editor  # noqa: E402
 from test_slicer_logic import BASELINE, labels, link, logic, red_at, session_mask  # noqa: E402,F401
 from test_slicer_logic import ct  # noqa: E402,F401
 from test_slicer_widget_rules import SOURCE, TREE, UI, method  # noqa: E402
@@ -65,12 +65,22 @@ def test_the_editor_is_embedded_on_the_modules_own_editor_node_before_the_scene(
     assert setup.index("setMRMLSegmentEditorNode(") < setup.index("setMRMLScene(")
     assert "self.logic.editorNode = editor_node(slicer.mrmlScene)" in setup
     sync = method("SegmentWithSAM2Widget", "_syncEditor")
-    assert "setSegmentationNode(seg)" in sync and "setSourceVolumeNode(volume)" in sync and "setCurrentSegmentID(segmentId)" in sync
+    assert "setSegmentationNode(seg)" in sync and "setSourceVolumeNode(volume)" in sync and 'setCurrentSegmentID(segmentId or "")' in sync
+    # the editor's own pick of a first segment, while the module hands it the segmentation, is not followed
+    assert sync.index("self._syncingEditor = True") < sync.index("setSegmentationNode(seg)") < sync.index("self._syncingEditor = False")
     assert "setMasterVolumeNode" not in SOURCE  # the 5.10+ name
-    assert "setCurrentSegmentID(segmentId)" in method("SegmentWithSAM2Widget", "_onEditorSegment")
+    follow = method("SegmentWithSAM2Widget", "_onEditorSegment")
+    assert "segment_from_editor(segmentId, self.ui.segmentSelector.currentSegmentID()" in follow and "setCurrentSegmentID(chosen)" in follow
     # leaving the module: no effect stays active (Slicer's module does the same)
     assert "setActiveEffect(None)" in method("SegmentWithSAM2Widget", "exit")
     assert "setActiveEffect(None)" in method("SegmentWithSAM2Widget", "place")
+
+
+def test_the_module_follows_only_a_segment_the_user_chose_in_the_editor():
+    assert segment_from_editor("S2", "S1", syncing=False) == "S2"  # chosen (or added) in the editor
+    assert segment_from_editor("S1", "", syncing=True) is None  # the editor's own first-segment pick
+    assert segment_from_editor("", "S1", syncing=False) is None  # never "no segment" from the editor
+    assert segment_from_editor("S1", "S1", syncing=False) is None
 
 
 def test_the_editors_keys_are_not_installed_so_the_modules_keys_stay_its_own():

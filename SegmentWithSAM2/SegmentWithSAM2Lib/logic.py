@@ -144,6 +144,16 @@ def editor_node(scene):
     return node
 
 
+def segment_from_editor(editorSegmentId: str, moduleSegmentId: str, syncing: bool) -> str | None:
+    """The segment the module takes when its embedded editor's current segment changes, or None to keep its
+    own. Only a choice the user made in the editor counts: not while the module itself hands the editor a
+    segmentation (the editor then selects that segmentation's first segment by itself, and the module's
+    "no segment" must stay a new segment, never a segment nobody chose), and never "no segment"."""
+    if syncing or not editorSegmentId or editorSegmentId == moduleSegmentId:
+        return None
+    return editorSegmentId
+
+
 CANDIDATE_BUTTONS = 3  # the widget's buttons for SAM2's candidate masks of a single click
 
 
