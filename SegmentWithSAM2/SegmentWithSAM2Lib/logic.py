@@ -665,8 +665,9 @@ class SegmentWithSAM2Logic:
             self._observePromptNode(kind, self.prompts.get(kind))
         for kind in STROKE_KINDS:  # a stroke is sent once finished: see _queueFinishedStrokes
             self.observedPromptNodes[kind] = self.prompts.get(kind)
-        # a stroke is finished when Slicer ends place mode (right-click, double-click, Esc or another mouse
-        # mode: vtkMRMLInteractionNode::EndPlacementEvent) or another node becomes the one being placed
+        # a stroke is finished when Slicer ends place mode (right-click or double-click in a view, another
+        # mouse mode, a Segment Editor effect activated: vtkMRMLInteractionNode::EndPlacementEvent) or
+        # another node becomes the one being placed
         interaction, selection = self._placingNodes()
         for node, event in ((interaction, slicer.vtkMRMLInteractionNode.EndPlacementEvent),
                             (selection, slicer.vtkMRMLSelectionNode.ActivePlaceNodeIDChangedEvent)):
