@@ -41,7 +41,8 @@ DIRECTIONS = ["both", "forward", "backward"]
 VIEWS = ["Red", "Yellow", "Green"]
 # keys while the module is shown, anywhere in Slicer's main window (a key typed into a text field stays text);
 # the embedded Segment Editor's own keys (1-0 pick an effect, Z/Y undo/redo, ...) are not installed here
-SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "T": "toggle", "P": "propagate", "U": "undo"}
+SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "4": "scribble", "5": "lasso", "T": "toggle", "P": "propagate",
+             "U": "undo"}
 
 
 class SegmentWithSAM2(ScriptedLoadableModule):
@@ -55,7 +56,7 @@ class SegmentWithSAM2(ScriptedLoadableModule):
             "Click positive/negative points or draw a box on a slice; the 2D mask appears at once. "
             "Propagate through the volume with SAM2, correct on any slice and propagate again. "
             "Keys while the module is shown: 1 positive point, 2 negative point, T toggles the point tool's sign, "
-            "3 box, P propagate, U undo last prompt. "
+            "3 box, 4 scribble, 5 lasso, P propagate, U undo last prompt. "
             "Scribble and lasso: click along or around the object, right-click or double-click to finish. "
             "After a single click, Candidate masks offers SAM2's other masks. The Segment Editor section "
             "edits the same segment by hand (its own number keys are not active here). "
@@ -367,11 +368,13 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._syncPlaceWidgets()
 
     def place(self, kind: str) -> None:
-        """Start placing a prompt: "positive" or "negative" (the point tool with that sign) or "box"."""
+        """Start placing a prompt: "positive" or "negative" (the point tool with that sign), "box", "scribble"
+        (with the point tool's sign) or "lasso"."""
         self.ui.segmentEditorWidget.setActiveEffect(None)  # an editor effect and a SAM2 tool never both take clicks
-        if kind != "box":
+        if kind in ("positive", "negative"):
             self.ui.pointSignButton.checked = kind == "negative"
-        (self.ui.boxPlaceWidget if kind == "box" else self.ui.pointPlaceWidget).setPlaceModeEnabled(True)
+        tools = {"box": self.ui.boxPlaceWidget, "scribble": self.ui.scribblePlaceWidget, "lasso": self.ui.lassoPlaceWidget}
+        tools.get(kind, self.ui.pointPlaceWidget).setPlaceModeEnabled(True)
 
     def toggleSign(self) -> None:
         """Key T: the point tool's other sign, placing points."""
@@ -497,7 +500,8 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if window is None:  # Slicer without its main window (--no-main-window): no shortcuts
             return
         actions = {"positive": lambda: self.place("positive"), "negative": lambda: self.place("negative"),
-                   "box": lambda: self.place("box"), "toggle": self.toggleSign, "propagate": self.onPropagate,
+                   "box": lambda: self.place("box"), "scribble": lambda: self.place("scribble"),
+                   "lasso": lambda: self.place("lasso"), "toggle": self.toggleSign, "propagate": self.onPropagate,
                    "undo": self.onUndoPrompt}
         for key, name in SHORTCUTS.items():
             s = qt.QShortcut(qt.QKeySequence(key), window)

@@ -324,9 +324,10 @@ def shortcuts() -> dict[str, str]:
 
 # the widget whose tooltip documents each action's key
 TOOLTIP_OF = {"positive": "pointPlaceWidget", "negative": "pointPlaceWidget", "toggle": "pointSignButton",
-              "box": "boxPlaceWidget", "propagate": "propagateButton", "undo": "undoPromptButton"}
-WORDS = {"positive": "positive", "negative": "negative", "toggle": "toggles", "box": "box", "propagate": "propagate",
-         "undo": "undo"}
+              "box": "boxPlaceWidget", "scribble": "scribblePlaceWidget", "lasso": "lassoPlaceWidget",
+              "propagate": "propagateButton", "undo": "undoPromptButton"}
+WORDS = {"positive": "positive", "negative": "negative", "toggle": "toggles", "box": "box", "scribble": "scribble",
+         "lasso": "lasso", "propagate": "propagate", "undo": "undo"}
 
 
 def test_every_tooltip_names_the_key_that_is_bound():
