@@ -184,6 +184,12 @@ def test_leaving_the_module_stops_placing_a_stroke_and_queues_nothing_after(ct, 
     logic.stopPlacing()
     assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform
     assert logic.promptEvents == [] and not interaction.HasObserver(slicer.vtkMRMLInteractionNode.EndPlacementEvent)
+    # the unfinished stroke is dropped: back in the module, ending another placement sends nothing
+    assert lasso.GetNumberOfControlPoints() == 0
+    logic.observePromptNodes()  # enter()
+    start_placing(interaction, selection, logic.observedPromptNodes["positive"])
+    interaction.SwitchToViewTransformMode()
+    assert logic.promptEvents == []
 
 
 # ------------------------------------------------------------------------------- candidate masks

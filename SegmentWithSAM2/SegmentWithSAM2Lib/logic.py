@@ -836,7 +836,12 @@ class SegmentWithSAM2Logic:
 
     def stopPlacing(self) -> None:
         """Leave place mode if it places one of the module's prompts (the module is left): the
-        interaction node goes back to ViewTransform. Another module's placing is left alone."""
+        interaction node goes back to ViewTransform. Another module's placing is left alone. A stroke
+        not finished yet is dropped (its points removed), so that it is not sent on a later visit."""
+        for kind in STROKE_KINDS:
+            for node in self.prompts.find(kind):
+                if not node.GetLocked() and node.GetNumberOfControlPoints():
+                    node.RemoveAllControlPoints()
         interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
         selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
         if interaction is None or selection is None or interaction.GetCurrentInteractionMode() != interaction.Place:
