@@ -60,6 +60,19 @@ def ct(totalseg):
     return read_volume(totalseg / "example_ct_sm.nii.gz")
 
 
+def propagate_and_download(page, ct, folder: Path) -> np.ndarray:
+    """Press Propagate, wait for its end, download the result; the segment on the CT's grid (bool)."""
+    page.click("#propagate")
+    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
+         "the propagation")
+    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
+    with page.expect_download() as download:
+        page.click("#download")
+    path = folder / "segmentation.seg.nrrd"
+    download.value.save_as(path)
+    return read_labelmap(path, reference=ct).array > 0
+
+
 @pytest.mark.parametrize("orientation, axis", [("axial", 2), ("coronal", 1), ("sagittal", 0)])
 def test_click_in_a_slice_view_prompts_the_clicked_voxel(page, ct, orientation, axis):
     view, _ = view_box(page, orientation)
@@ -80,17 +93,8 @@ def test_propagated_segment_equals_sam2volume_and_is_drawn(page, ct, totalseg, t
     target = (LIVER[0], LIVER[1], k)
     click_voxel(page, ct, "axial", target)
     prompt = state(page, "prompt_points")[0]["ijk"][0]
-    page.click("#propagate")
-    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
-          "the propagation")
-    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
+    web = propagate_and_download(page, ct, tmp_path)
     assert state(page, "progress") == 100
-
-    with page.expect_download() as download:
-        page.click("#download")
-    path = tmp_path / "segmentation.seg.nrrd"
-    download.value.save_as(path)
-    web = read_labelmap(path, reference=ct).array > 0
 
     prompts = {"coordinates": "voxel", "axis": "axial",
                "objects": [{"name": "liver", "label": 1, "points": [{"position": prompt, "positive": True}]}]}
@@ -149,15 +153,7 @@ def test_box_negative_point_undo_then_propagate_equals_sam2volume(page, ct, tmp_
     wait(lambda: len(state(page, "prompt_points")) == 1, 60, "undo")
     assert state(page, "prompt_points")[0] == prompt  # the negative point is gone, the box stays
 
-    page.click("#propagate")
-    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
-         "the propagation")
-    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
-    with page.expect_download() as download:
-        page.click("#download")
-    path = tmp_path / "segmentation.seg.nrrd"
-    download.value.save_as(path)
-    web = read_labelmap(path, reference=ct).array > 0
+    web = propagate_and_download(page, ct, tmp_path)
     prompts = {"coordinates": "voxel", "axis": "axial", "objects": [{"name": "liver", "label": 1, "boxes": [prompt["ijk"]]}]}
     expected, _ = api.segment(ct, prompts, engine="baseline", window="abdomen", stop_after=3)
     expected = np.asarray(expected.array) == 1
@@ -253,3 +249,27 @@ def test_click_prompts_the_clicked_voxel_on_lps_and_permuted_volumes(browser, to
             assert np.all(np.abs(ijk - target) < 0.5), (orientation, ijk, target)
             reset(page)
         page.close()
+
+
+@pytest.mark.sam2
+def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, totalseg, ct, tmp_path):
+    """SAM2 (hiera tiny, random weights, 128 px) in the engine server behind the page: the first prompt
+    encodes on the worker thread, and the propagated segment equals sam2volume's for the same point."""
+    from sam2_helpers import IMAGE_SIZE, engine_config
+
+    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path / "web.log", "--engine", "sam2", "--model", "sam2.1-hiera-tiny",
+                 "--random-weights-size", str(IMAGE_SIZE)) as app:
+        page = open_page(browser, app.url)
+        view, _ = view_box(page, "axial")
+        k = shown_index(ct, view, 2)
+        click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+        assert page.inner_text("#status").startswith("positive: mask shown"), page.inner_text("#status")
+        prompt = state(page, "prompt_points")[0]["ijk"][0]
+        web = propagate_and_download(page, ct, tmp_path)
+        page.close()
+    prompts = {"coordinates": "voxel", "axis": "axial",
+               "objects": [{"name": "liver", "label": 1, "points": [{"position": prompt, "positive": True}]}]}
+    expected, _ = api.segment(ct, prompts, config=engine_config(encode_ahead=16), engine="sam2", window="abdomen", stop_after=3)
+    expected = np.asarray(expected.array) == 1
+    assert expected[:, :, k].any()
+    assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"

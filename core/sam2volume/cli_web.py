@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=int, default=3, help="stop propagating after this many empty slices (0: never)")
     p.add_argument("--host", default="127.0.0.1", help="address the page is served on: loopback only (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
-    p.add_argument("--allow-random-weights", action="store_true", help=argparse.SUPPRESS)
+    # tests: SAM2 with random weights at this input size (seed 0) on the local engine server; never for users
+    p.add_argument("--random-weights-size", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--multisamples", type=int, default=0, help=argparse.SUPPRESS)  # trame-slicer's own is 8 (benchmark)
     p.set_defaults(func=cmd_web)
 
@@ -71,7 +72,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     import sys
 
     log = os.path.join(os.path.expanduser("~"), ".cache", "sam2volume", "web-server.log")
-    link = EngineLink(python=sys.executable, log_file=log, allow_random_weights=args.allow_random_weights)
+    random = {"image_size": args.random_weights_size, "random_weights": True, "seed": 0} if args.random_weights_size else {}
+    link = EngineLink(python=sys.executable, log_file=log, allow_random_weights=bool(random), config_overrides=random)
     if settings.mode == "local":
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
