@@ -4,7 +4,8 @@ Usage: .venv/bin/python benchmarks/bench_web.py [--clicks 20] [--multisamples 0]
 Each round: Reset, then a + point click on the liver in the axial view; the latency is from the click
 (the browser's pointerdown) to the first picture of the view whose pixel 5 voxels below the click
 shows the segment's colour (magenta; the point's glyph is green) (the picture is read back in the page, so this is what a user sees).
-Prints p50/p95/max in ms. --multisamples 8 is trame-slicer's own render-window setting.
+Prints p50/p95/max in ms, then the app's and its engine server's CPU use and memory over 10 s idle with
+the page open. --multisamples 8 is trame-slicer's own render-window setting.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ PROBE_JS = """(a) => {
 }"""
 
 
+IDLE_S = 10.0
+
+
+def idle_use(pids: list[int], seconds: float) -> list[tuple[int, float, float]]:
+    """(pid, CPU % of one core, RSS MiB) of each process over ``seconds`` of idling, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    before = {pid: cpu(pid) for pid in pids}
+    time.sleep(seconds)
+    out = []
+    for pid in pids:
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        out.append((pid, 100.0 * (cpu(pid) - before[pid]) / seconds, rss / 1024))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=20)
@@ -49,7 +70,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
-    from web_helpers import CHROMIUM, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app
+    from web_helpers import CHROMIUM, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app
 
     from sam2volume import read_volume
 
@@ -80,10 +101,13 @@ def main() -> int:
                        "the picture with the mask")
             if n:
                 latencies.append(float(lat))
+        idle = idle_use([app.process.pid, *engine_pids(app)], IDLE_S)  # the page open, nobody clicking
         browser.close()
     a = np.array(latencies)
     print(f"click-to-picture over {len(a)} clicks (multisamples {args.multisamples}): p50 {np.percentile(a, 50):.0f} ms, "
           f"p95 {np.percentile(a, 95):.0f} ms, max {a.max():.0f} ms")
+    for (pid, cpu, rss), name in zip(idle, ("app", "engine server")):
+        print(f"idle {IDLE_S:.0f} s with the page open: {name} CPU {cpu:.1f} %, memory (RSS) {rss:.0f} MiB")
     return 0
 
 
