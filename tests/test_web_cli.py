@@ -56,3 +56,36 @@ def test_trame_slicer_pin_loads_on_the_project_slicer_core():
     # its compiled displayable managers load against this slicer-core, and trame-slicer's views import them
     from slicer import vtkMRMLLayerDMObjectEventObserverScripted  # noqa: F401
     from trame_slicer.views import SliceView, ThreeDView  # noqa: F401
+
+
+def test_page_and_websocket_refuse_other_hosts_and_origins(totalseg, tmp_path):
+    """The engine server's web-page checks on the page's own server: DNS rebinding (a foreign Host) and
+    another site's page (a foreign Origin, also on the websocket upgrade) get 403; the page itself loads."""
+    import http.client
+
+    pytest.importorskip("trame_slicer", reason="the web extra is not installed")
+    from web_helpers import web_app
+
+    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path / "web.log") as app:
+        port = int(app.url.rsplit(":", 1)[1].strip("/"))
+
+        def get(path: str, **headers: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", path, headers=headers)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        assert get("/index.html") == 200
+        assert get("/index.html", Host=f"evil.example:{port}") == 403
+        assert get("/ws", Host=f"evil.example:{port}", **ws) == 403
+        assert get("/ws", Origin="http://evil.example", **ws) == 403
+        assert get("/ws", Origin=f"http://localhost:{port + 1}", **ws) == 403  # another port is another origin
+        assert get("/ws", Origin=f"http://127.0.0.1:{port}", **ws) == 101  # the page's own websocket
+        assert get("/index.html", **{"Sec-Fetch-Site": "cross-site"}) == 403
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # a foreign page's "simple" POST
+        conn.request("POST", "/paraview/", body="{}", headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+        assert conn.getresponse().status == 403
+        conn.close()

@@ -77,7 +77,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     if settings.mode == "local":
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
-    app = WebApp(server, args.image, settings, link, multisamples=args.multisamples)
+    app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host)
     try:
         server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=True, timeout=0)
     finally:

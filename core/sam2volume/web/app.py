@@ -66,7 +66,7 @@ class WebApp:
     """One page (one trame server) on one volume, one segmentation with one segment."""
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
-                 multisamples: int = 0):
+                 multisamples: int = 0, host: str = "127.0.0.1"):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -74,6 +74,7 @@ class WebApp:
         self.server, self.settings = server, settings
         self.state, self.ctrl = server.state, server.controller
         server.enable_module(trame_slicer_module)
+        server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.append(web_guard(host)))
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, server, slice_view_ui_f=_slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
@@ -389,6 +390,34 @@ class WebApp:
     def close(self) -> None:
         self.logic.close()
         self.engine.shutdown(wait=False, cancel_futures=True)
+
+
+def web_guard(host: str) -> Any:
+    """aiohttp middleware with the engine server's web-page checks (``server.guards.HostPolicy``): a Host
+    header naming this server (no DNS rebinding), no Origin but the page's own and no Sec-Fetch-Site
+    cross-site/same-site, on every request, the websocket's included (another site's page could
+    otherwise drive this one and download the result)."""
+    from aiohttp import web
+
+    from ..server.guards import HostPolicy
+
+    policy = HostPolicy(host)
+
+    @web.middleware
+    async def guard(request: Any, handler: Any) -> Any:
+        headers: dict[str, str] = {}
+        for k, v in request.headers.items():
+            # the Content-Type rule is the JSON API's: the page's own client POSTs text/plain to /paraview/
+            # (a cross-origin POST still carries an Origin header, refused here)
+            if k.lower() not in ("content-type", "content-length", "transfer-encoding"):
+                headers.setdefault(k.lower(), v)
+        problem = policy.problem(request.method, request.path, headers)
+        if problem is not None:
+            status, kind, message = problem
+            return web.json_response({"error": {"type": kind, "message": message}}, status=status)
+        return await handler(request)
+
+    return guard
 
 
 def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
