@@ -161,6 +161,40 @@ def test_box_negative_point_undo_then_propagate_equals_sam2volume(page, ct, tmp_
     assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
 
 
+def test_correction_after_propagating_repropagates_to_sam2volume_result(page, ct, tmp_path):
+    """+ point, Propagate, then on another slice (the view moved by its own slider state) a + and a - point
+    (a correction) and Propagate again: the segment equals sam2volume's session given the same calls."""
+    view, _ = view_box(page, "axial")
+    k = shown_index(ct, view, 2)
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+    propagate_and_download(page, ct, tmp_path)
+    slider = state(page, "Red__SliderState__value")
+    step = state(page, "Red__SliderState__step")
+    page.evaluate(f"window.trame.state.set('Red__SliderState__value', {slider + 3 * step})")  # the axial view 3 slices on
+    wait(lambda: shown_index(ct, state(page, "views")["axial"], 2) != k, 60, "the axial view on another slice")
+    k2 = shown_index(ct, state(page, "views")["axial"], 2)
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1] + 14, k2))  # more liver on that slice
+    click_voxel(page, ct, "axial", (LIVER[0] - 10, LIVER[1], k2), tool="negative")  # not the tissue beside it
+    assert page.inner_text("#status").startswith("negative: mask shown"), page.inner_text("#status")
+    points = state(page, "prompt_points")
+    assert [p["labels"] for p in points] == [[1], [1], [0]] and round(points[2]["ijk"][0][2]) == k2
+    (tmp_path / "second").mkdir()
+    web = propagate_and_download(page, ct, tmp_path / "second")
+    # the same session calls in process: one add_points per click, as the page sends them (a prompts file
+    # would put the two clicks on one slice into one call, which the baseline cuts differently)
+    from sam2volume.baseline import BaselineSession
+
+    session = BaselineSession(ct, "axial", window="abdomen")
+    session.add_points(1, points[0]["ijk"], points[0]["labels"])
+    session.propagate(stop_after=3)
+    for p in points[1:]:
+        session.add_points(1, p["ijk"], p["labels"])
+    session.propagate(stop_after=3)
+    expected = np.asarray(session.result().array) == 1
+    assert np.array_equal(web, expected), (f"{int((web != expected).sum())} voxels differ ({int(web.sum())} vs {int(expected.sum())}) "
+                                           f"on slices {np.flatnonzero((web != expected).any(axis=(0, 1))).tolist()}; {points}")
+
+
 def test_engine_server_killed_during_propagation_gives_a_message_and_the_next_prompt_restarts_it(page, app, ct):
     """The engine server stops answering (SIGSTOP) once Propagate is pressed, then dies (SIGKILL): the page
     says why within a bounded time and stays usable; the next prompt starts a new server, as in Slicer."""
@@ -235,7 +269,7 @@ def test_click_prompts_the_clicked_voxel_on_lps_and_permuted_volumes(browser, to
     vol = read_volume(image)
     with web_app(image, tmp_path / "web.log") as app:
         page = open_page(browser, app.url)
-        for orientation in ("axial", "coronal"):
+        for orientation in ("axial", "coronal", "sagittal"):
             view, _ = view_box(page, orientation)
             normal = int(np.argmax(np.abs(np.linalg.solve(vol.direction * vol.spacing, np.array(view["xy_to_ras"])[:3, 2]
                                                           * [-1, -1, 1]))))  # the voxel axis across the view
