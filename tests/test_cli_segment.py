@@ -45,7 +45,7 @@ BAD = {
     "outside": ({"objects": [{"name": "a", "points": [[500, 1, 1]]}]}, "lies outside the volume"),
     "empty box": ({"objects": [{"name": "a", "boxes": [[[10, 10, 5], [10, 40, 5]]]}]}, "is empty"),
     "box across slices": ({"objects": [{"name": "a", "boxes": [[[10, 10, 5], [40, 40, 6]]]}]}, "different axial slices"),
-    "no prompts": ({"objects": [{"name": "a"}]}, "has no points, boxes or masks"),
+    "no prompts": ({"objects": [{"name": "a"}]}, "has no points, boxes, masks, scribbles or lassos"),
     "no objects": ({"objects": []}, "non-empty \"objects\""),
     "bad label": ({"objects": [{"name": "a", "label": 0, "points": [[1, 1, 1]]}]}, "label must be an integer"),
     "duplicate label": ({"objects": [{"name": "a", "label": 2, "points": [[1, 1, 1]]}, {"name": "b", "label": 2, "points": [[1, 1, 1]]}]}, "used by two objects"),
