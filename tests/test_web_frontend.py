@@ -95,6 +95,14 @@ def test_propagated_segment_equals_sam2volume_and_is_drawn(page, ct, totalseg, t
     prompt = state(page, "prompt_points")[0]["ijk"][0]
     web = propagate_and_download(page, ct, tmp_path)
     assert state(page, "progress") == 100
+    with page.expect_download() as download:  # the same segment as NIfTI, on the CT's grid
+        page.click("#download-nifti")
+    download.value.save_as(tmp_path / "segmentation.nii.gz")
+    nifti = read_labelmap(tmp_path / "segmentation.nii.gz")
+    assert nifti.shape == ct.shape
+    for field in ("origin", "spacing", "direction"):
+        np.testing.assert_allclose(getattr(nifti, field), getattr(ct, field), atol=1e-4)
+    assert np.array_equal(np.asarray(nifti.array) == 1, web)
 
     prompts = {"coordinates": "voxel", "axis": "axial",
                "objects": [{"name": "liver", "label": 1, "points": [{"position": prompt, "positive": True}]}]}

@@ -127,8 +127,10 @@ class WebApp:
                                               ("Undo", "undo", "busy"), ("Reset", "reset", None)):
                     v.VBtn(label, click=getattr(self.ctrl, name), disabled=(disabled,) if disabled else False, id=name,
                            size="small", classes="mx-1")
-                v.VBtn("Download", id="download", size="small", classes="mx-1", title="the segmentation as .seg.nrrd",
+                v.VBtn(".seg.nrrd", id="download", size="small", classes="mx-1", title="download the segmentation (Slicer's .seg.nrrd)",
                        click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
+                v.VBtn("NIfTI", id="download-nifti", size="small", classes="mx-1", title="download the segment as a NIfTI labelmap",
+                       click="utils.download('segmentation.nii.gz', trigger('download_nifti'), 'application/octet-stream')")
                 html.Span("Window", classes="ml-2 mr-1 text-caption")
                 with html.Select(v_model=("display_window",), id="display-window", style="border: 1px solid #999; padding: 0 4px;"):
                     html.Option("{{ w }}", v_for="w in display_windows", value=("w",), key="w")
@@ -147,6 +149,7 @@ class WebApp:
         self.ctrl.undo.add(self.undo)
         self.ctrl.reset.add(self.reset)
         self.ctrl.trigger("download_segmentation")(self.download)
+        self.ctrl.trigger("download_nifti")(self.download_nifti)
 
     def _load(self, image: str | os.PathLike[str]):
         volumes = self.slicer_app.io_manager.load_volumes([str(image)])
@@ -385,6 +388,25 @@ class WebApp:
         with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
             path = Path(folder) / "segmentation.seg.nrrd"
             self.slicer_app.io_manager.write_segmentation(self.segmentation, path)
+            return self.server.protocol.addAttachment(path.read_bytes())
+
+    def download_nifti(self):
+        """The segment as a NIfTI labelmap (1 in the segment, 0 elsewhere) on the volume's grid: read back
+        with the module's write-back sampling (``read_slab``), written by sam2volume's labelmap writer
+        (the sidecar it may add, names and colours, is not sent)."""
+        from SegmentWithSAM2Lib.geometry import volume_from_slicer
+        from SegmentWithSAM2Lib.logic import matrix
+        from SegmentWithSAM2Lib.writeback import read_slab
+
+        from ..io.writers import write_labelmap
+
+        dims = self.volume.GetImageData().GetDimensions()
+        mask_kji = read_slab(self.segmentation, self.segment_id, self.volume, 2, 0, dims[2] - 1)
+        labelmap = volume_from_slicer(mask_kji.astype(np.uint8), matrix(self.volume.GetIJKToRASMatrix), name="segmentation")
+        segment = self.segmentation.GetSegmentation().GetSegment(self.segment_id)
+        with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+            path = Path(folder) / "segmentation.nii.gz"
+            write_labelmap(labelmap, path, segments=[{"label": 1, "name": segment.GetName(), "color": list(SEGMENT_COLOUR)}])
             return self.server.protocol.addAttachment(path.read_bytes())
 
     def close(self) -> None:
