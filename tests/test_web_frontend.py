@@ -296,11 +296,12 @@ def test_click_prompts_the_clicked_voxel_on_lps_and_permuted_volumes(browser, to
 @pytest.mark.sam2
 def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, totalseg, ct, tmp_path):
     """SAM2 (hiera tiny, random weights, 128 px) in the engine server behind the page: the first prompt
-    encodes on the worker thread, and the propagated segment equals sam2volume's for the same point."""
+    encodes on the worker thread, the propagated segment (to the volume's ends: --stop-after 0) equals
+    sam2volume's for the same point, and a second propagation is cancelled part-way."""
     from sam2_helpers import IMAGE_SIZE, engine_config
 
     with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path / "web.log", "--engine", "sam2", "--model", "sam2.1-hiera-tiny",
-                 "--random-weights-size", str(IMAGE_SIZE)) as app:
+                 "--random-weights-size", str(IMAGE_SIZE), "--stop-after", "0") as app:
         page = open_page(browser, app.url)
         view, _ = view_box(page, "axial")
         k = shown_index(ct, view, 2)
@@ -308,10 +309,17 @@ def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, total
         assert page.inner_text("#status").startswith("positive: mask shown"), page.inner_text("#status")
         prompt = state(page, "prompt_points")[0]["ijk"][0]
         web = propagate_and_download(page, ct, tmp_path)
+
+        page.click("#propagate")  # again, and Cancel once slices arrive: it stops after the current slice
+        wait(lambda: 0 < (state(page, "progress") or 0) < 100, 120, "the first propagated slices")
+        page.click("#cancel")
+        wait(lambda: not state(page, "busy"), 120, "the cancelled propagation to end")
+        assert page.inner_text("#status").startswith("cancelled"), page.inner_text("#status")
+        assert state(page, "progress") < 100
         page.close()
     prompts = {"coordinates": "voxel", "axis": "axial",
                "objects": [{"name": "liver", "label": 1, "points": [{"position": prompt, "positive": True}]}]}
-    expected, _ = api.segment(ct, prompts, config=engine_config(encode_ahead=16), engine="sam2", window="abdomen", stop_after=3)
+    expected, _ = api.segment(ct, prompts, config=engine_config(encode_ahead=16), engine="sam2", window="abdomen", stop_after=None)
     expected = np.asarray(expected.array) == 1
     assert expected[:, :, k].any()
     assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"

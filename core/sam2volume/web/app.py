@@ -345,7 +345,8 @@ class WebApp:
             with self.state:
                 self.state.busy = False
                 if task.error is None:
-                    self.state.progress = 100
+                    if not task.cancelled:  # a cancelled job's bar stays where it stopped
+                        self.state.progress = 100
                     self.state.status = f"{'cancelled' if task.cancelled else 'propagated'}: {task.written} slices written"
                 self.segmentation.CreateClosedSurfaceRepresentation()  # the segment in the 3D view
 
