@@ -297,7 +297,7 @@ def test_click_prompts_the_clicked_voxel_on_lps_and_permuted_volumes(browser, to
 def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, totalseg, ct, tmp_path):
     """SAM2 (hiera tiny, random weights, 128 px) in the engine server behind the page: the first prompt
     encodes on the worker thread, the propagated segment (to the volume's ends: --stop-after 0) equals
-    sam2volume's for the same point, and a second propagation is cancelled part-way."""
+    sam2volume's for the same point, also after a first propagation cancelled part-way."""
     from sam2_helpers import IMAGE_SIZE, engine_config
 
     with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path / "web.log", "--engine", "sam2", "--model", "sam2.1-hiera-tiny",
@@ -308,14 +308,13 @@ def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, total
         click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
         assert page.inner_text("#status").startswith("positive: mask shown"), page.inner_text("#status")
         prompt = state(page, "prompt_points")[0]["ijk"][0]
-        web = propagate_and_download(page, ct, tmp_path)
-
-        page.click("#propagate")  # again, and Cancel once slices arrive: it stops after the current slice
-        wait(lambda: 0 < (state(page, "progress") or 0) < 100, 120, "the first propagated slices")
+        page.click("#propagate")  # Cancel as soon as it runs (the first one encodes its slices): it stops after
+        wait(lambda: state(page, "busy"), 120, "the propagation to start")  # the current slice
         page.click("#cancel")
         wait(lambda: not state(page, "busy"), 120, "the cancelled propagation to end")
         assert page.inner_text("#status").startswith("cancelled"), page.inner_text("#status")
         assert state(page, "progress") < 100
+        web = propagate_and_download(page, ct, tmp_path)  # then all of it
         page.close()
     prompts = {"coordinates": "voxel", "axis": "axial",
                "objects": [{"name": "liver", "label": 1, "points": [{"position": prompt, "positive": True}]}]}

@@ -21,14 +21,14 @@ import numpy as np
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
 
 from ..windowing import CT_PRESETS
-from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic, box_corners, describe_error, slice_node_for_point
+from SegmentWithSAM2Lib.logic import GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, box_corners, describe_error, slice_node_for_point
 
 log = logging.getLogger("sam2volume.web")
 
 TOOLS = ("view", "positive", "negative", "box")
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
-POLL_S = 0.5  # longest a propagation poll waits on the worker thread for new slices
+POLL_S = 0.5  # longest a propagation's long poll waits on the worker thread for new slices
 
 
 class FetchedJob:
@@ -40,9 +40,11 @@ class FetchedJob:
         self._slices: list = []
         self._error: BaseException | None = None
 
-    def fetch(self, timeout: float) -> None:
+    def fetch(self, wait: float, timeout: float = GUI_POLL_TIMEOUT_S) -> None:
+        """One long poll: back as soon as slices arrive, after ``wait`` s without news at the latest (no busy
+        loop of requests beside the engine); a server that does not answer is bounded by ``timeout``."""
         try:
-            self._slices += self.job.poll(timeout=timeout)
+            self._slices += self.job.poll(wait, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - raised again on the loop, inside PropagationTask.poll
             self._error = exc
 
