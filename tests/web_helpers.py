@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,21 +28,30 @@ STEP_S = 60  # longest wait for one page reaction (a CPU shared with other jobs)
 
 
 @contextlib.contextmanager
-def web_app(image: Path, log: Path, *args: str) -> Iterator[Any]:
-    """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields (url, process), stopped afterwards."""
+def web_app(image: Path, log: Path, *args: str, token: str | None = None) -> Iterator[Any]:
+    """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields url (the tokened one it
+    prints; with ``token``: the one ARGS give by --page-token-file, "" for --no-token), process, port and token; stopped
+    afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "sam2volume", "web", str(image), "--engine", "baseline", "--device", "cpu",
            "--window", "abdomen", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "HOME": str(log.parent)}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    base = f"http://127.0.0.1:{port}/"
+    url = None if token is None else (f"{base}?token={token}" if token else base)  # else the tokened URL the app prints once
 
     def up() -> bool:
+        nonlocal url
         if proc.poll() is not None:  # its log without VTK's repeated warnings
             lines = [x for x in log.read_text(errors="replace").splitlines()
                      if x.strip() and not any(w in x for w in ("WindowResizeEvent", "ConfigureEvent", "vtkObject.cxx"))]
             raise AssertionError(f"sam2volume web exited with {proc.returncode}:\n" + "\n".join(lines[-30:]))
+        if url is None:
+            found = re.search("open the page at (" + re.escape(base) + r"\?token=\S+)", log.read_text(errors="replace"))
+            if found is None:
+                return False
+            url = found.group(1)
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return True
@@ -50,7 +60,7 @@ def web_app(image: Path, log: Path, *args: str) -> Iterator[Any]:
 
     try:
         wait(up, 180, "sam2volume web to serve its page")
-        yield SimpleNamespace(url=url, process=proc)
+        yield SimpleNamespace(url=url, process=proc, port=port, token=url.split("?token=", 1)[1] if "?token=" in url else "")
     finally:
         stop_process(proc)
 

@@ -1,4 +1,5 @@
-"""``sam2volume web``: the browser front-end (trame-slicer), loopback only; the model in an engine server."""
+"""``sam2volume web``: the browser front-end (trame-slicer), loopback by default, a token on every request
+(generated, or --page-token-file beyond loopback); the model in an engine server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="the local engine server's device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--window", default="auto", help="intensity window preset the engine uses (auto, abdomen, lung, bone, brain, ...)")
     p.add_argument("--stop-after", type=int, default=3, help="stop propagating after this many empty slices (0: never)")
-    p.add_argument("--host", default="127.0.0.1", help="address the page is served on: loopback only (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address the page is served on (default 127.0.0.1); "
+                   "beyond loopback --page-token-file is required")
+    p.add_argument("--page-token-file", metavar="FILE", help="file holding the page's token (at least 16 characters); "
+                   "default on loopback: a new random token, printed once in the URL to open")
+    p.add_argument("--no-token", action="store_true", help="on loopback, serve the page without a token "
+                   "(any user of this machine can then open it)")
     p.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
     # tests: SAM2 with random weights at this input size (seed 0) on the local engine server; never for users
     p.add_argument("--random-weights-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -31,9 +37,11 @@ def check_options(args: argparse.Namespace) -> None:
     from .errors import InputError
     from .server.config import is_loopback
 
-    if not is_loopback(args.host):
-        raise InputError(f"--host {args.host} is not a loopback address; the web page has no token yet, so it is served "
-                         "on loopback only (use 127.0.0.1, and an SSH tunnel to reach it from another machine)")
+    if args.no_token and args.page_token_file:
+        raise InputError("--no-token and --page-token-file contradict each other; give one of them")
+    if not is_loopback(args.host) and not args.page_token_file:
+        raise InputError(f"--host {args.host} is not a loopback address, so the page needs a token: give --page-token-file "
+                         "FILE (e.g. python -c \"import secrets; print(secrets.token_urlsafe(32))\" > FILE; chmod 600 FILE)")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number (0..65535)")
     if not Path(args.image).is_file():
@@ -44,10 +52,28 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--stop-after {args.stop_after} must be 0 (never) or more")
 
 
+def page_token(args: argparse.Namespace) -> str | None:
+    """The page's token: --page-token-file's (read as the engine server reads its own), none with --no-token,
+    else a new random one."""
+    if args.no_token:
+        return None
+    if args.page_token_file:
+        from .server.config import read_token_file
+        from .server.token_files import warn_if_shared
+
+        token = read_token_file(args.page_token_file)
+        warn_if_shared(args.page_token_file)
+        return token
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     import os
 
     check_options(args)
+    token = page_token(args)  # a bad token file is a user error before anything starts
     try:
         import trame_slicer  # noqa: F401
     except ImportError as exc:
@@ -61,14 +87,14 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from .web.app import WebApp
 
-    token = None
+    engine_token = None
     if args.server and args.token_file:
         from .server.config import read_token_file
 
-        token = read_token_file(args.token_file)
+        engine_token = read_token_file(args.token_file)
     settings = Settings(mode="remote" if args.server else "local", engine="sam2" if args.server else args.engine,
                         model=args.model, device=args.device, window=args.window, stopAfter=args.stop_after,
-                        serverUrl=args.server or "", serverToken=token or "")
+                        serverUrl=args.server or "", serverToken=engine_token or "")
     import sys
 
     log = os.path.join(os.path.expanduser("~"), ".cache", "sam2volume", "web-server.log")
@@ -77,9 +103,17 @@ def cmd_web(args: argparse.Namespace) -> int:
     if settings.mode == "local":
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
-    app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host)
+    app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host, token=token,
+                 port=args.port)
+    shown = f"http://[{args.host}]:{args.port}/" if ":" in args.host else f"http://{args.host}:{args.port}/"
+    if not token:
+        print(f"open the page at {shown} (no token: any user of this machine can open it)", flush=True)
+    elif args.page_token_file:  # the user's own token: not copied into logs
+        print(f"open the page at {shown}?token=TOKEN (TOKEN: the text of {args.page_token_file})", flush=True)
+    else:  # printed once: the URL to open (the cookie it sets carries the token after)
+        print(f"open the page at {shown}?token={token}", flush=True)
     try:
-        server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=True, timeout=0)
+        server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False, timeout=0)
     finally:
         app.close()
     return 0

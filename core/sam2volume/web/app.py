@@ -68,7 +68,7 @@ class WebApp:
     """One page (one trame server) on one volume, one segmentation with one segment."""
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
-                 multisamples: int = 0, host: str = "127.0.0.1"):
+                 multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -76,7 +76,8 @@ class WebApp:
         self.server, self.settings = server, settings
         self.state, self.ctrl = server.state, server.controller
         server.enable_module(trame_slicer_module)
-        server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.append(web_guard(host)))
+        guards = [web_guard(host)] + ([token_guard(token, port)] if token else [])  # Host/Origin first, then the token
+        server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(guards))
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, server, slice_view_ui_f=_slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
@@ -441,6 +442,43 @@ def web_guard(host: str) -> Any:
             status, kind, message = problem
             return web.json_response({"error": {"type": kind, "message": message}}, status=status)
         return await handler(request)
+
+    return guard
+
+
+TOKEN_COOKIE = "sam2volume-web-token-{port}"  # one per port: two pages on one host keep their own
+
+
+def token_guard(token: str, port: int) -> Any:
+    """aiohttp middleware: every request (page, assets, websocket) needs the page's token, compared in
+    constant time, as ``?token=`` (then set as an HttpOnly, SameSite=Strict cookie, so the page's own later
+    requests carry it), as that cookie or as ``Authorization: Bearer``; else 401 with a JSON error."""
+    import secrets
+
+    from aiohttp import web
+
+    cookie = TOKEN_COOKIE.format(port=int(port))
+    want = token.encode("utf-8")
+
+    def valid(given: str | None) -> bool:
+        return given is not None and secrets.compare_digest(given.encode("utf-8"), want)
+
+    @web.middleware
+    async def guard(request: Any, handler: Any) -> Any:
+        auth = request.headers.get("Authorization", "")
+        in_query = valid(request.query.get("token"))
+        if not (in_query or valid(request.cookies.get(cookie)) or (auth[:7].lower() == "bearer " and valid(auth[7:]))):
+            return web.json_response({"error": {"type": "AuthError", "message": (
+                "missing or wrong token: open the URL sam2volume web printed (http://HOST:PORT/?token=...)")}}, status=401)
+        def remember(response: Any) -> Any:
+            if in_query and isinstance(response, web.StreamResponse) and not response.prepared:
+                response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
+            return response
+
+        try:
+            return remember(await handler(request))
+        except web.HTTPException as exc:  # wslink's / -> index.html redirect is raised
+            raise remember(exc) from None
 
     return guard
 
