@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'segment-with-sam2[web]')")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'web')")
-from web_helpers import CHROMIUM, click_voxel, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
+from web_helpers import CHROMIUM, STEP_S, click_voxel, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
 
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
@@ -322,3 +322,59 @@ def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, total
     expected = np.asarray(expected.array) == 1
     assert expected[:, :, k].any()
     assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
+
+
+def _add_object(page, name: str) -> str:
+    """Add an object in the page by name; its segment id (the page makes it the current one)."""
+    n = len(state(page, "objects"))
+    page.fill("#object-name", name)
+    page.click("#add-object")
+    wait(lambda: len(state(page, "objects")) == n + 1, STEP_S, f"object {name}")
+    added = state(page, "objects")[-1]
+    assert added["name"] == name and state(page, "current_object") == added["id"]
+    return added["id"]
+
+
+def test_two_named_objects_propagated_equal_sam2volume(page, ct, totalseg, tmp_path):
+    """Two objects added by name get their own colours; the object chosen in the page gets the click;
+    Propagate propagates both; the downloaded .seg.nrrd holds both, named, equal to sam2volume's result."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    view, _ = view_box(page, "axial")
+    k = shown_index(ct, view, 2)
+    spleen = ndimage.distance_transform_edt(np.asarray(read_labelmap(totalseg / "example_seg.nii.gz").array)[:, :, k] == 1)
+    spleen_voxel = (*np.unravel_index(int(np.argmax(spleen)), spleen.shape), k)  # deepest inside the spleen (label 1)
+    assert spleen.max() > 3
+    liver_id, spleen_id = _add_object(page, "liver"), _add_object(page, "spleen")
+    colours = {o["id"]: o["colour"] for o in state(page, "objects")}
+    assert len(set(colours.values())) == 3  # the first (empty) object's, liver's, spleen's
+    page.select_option("#object", liver_id)  # prompts go to the chosen object
+    wait(lambda: state(page, "current_object") == liver_id, STEP_S, "liver chosen")
+    click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+    page.select_option("#object", spleen_id)
+    wait(lambda: state(page, "current_object") == spleen_id, STEP_S, "spleen chosen")
+    click_voxel(page, ct, "axial", spleen_voxel)
+    points = state(page, "prompt_points")
+    assert [p["segment"] for p in points] == [liver_id, spleen_id], points
+    assert [line.split(":")[0] for line in state(page, "prompts")] == ["liver", "spleen"]
+
+    web = propagate_and_download(page, ct, tmp_path)  # any segment (bool)
+    path = tmp_path / "segmentation.seg.nrrd"
+    labels = np.asarray(read_labelmap(path, reference=ct).array)
+    header = sitk.ReadImage(str(path))
+    names = {}
+    for n in range(3):
+        names[header.GetMetaData(f"Segment{n}_Name")] = int(header.GetMetaData(f"Segment{n}_LabelValue"))
+    assert set(names) == {"SAM2 segment", "liver", "spleen"}, names
+    assert web.any() and not (labels == names["SAM2 segment"]).any()  # the object without prompts stays empty
+
+    prompts = {"coordinates": "voxel", "axis": "axial", "objects": [
+        {"name": "liver", "label": 1, "points": [{"position": points[0]["ijk"][0], "positive": True}]},
+        {"name": "spleen", "label": 2, "points": [{"position": points[1]["ijk"][0], "positive": True}]}]}
+    expected, _ = api.segment(ct, prompts, engine="baseline", window="abdomen", stop_after=3)
+    expected = np.asarray(expected.array)
+    for name, label in (("liver", 1), ("spleen", 2)):
+        mine, theirs = labels == names[name], expected == label
+        assert theirs.sum() > 200 and theirs[:, :, k].any(), name
+        assert np.array_equal(mine, theirs), f"{name}: {int((mine != theirs).sum())} voxels differ"

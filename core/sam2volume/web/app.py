@@ -28,6 +28,10 @@ log = logging.getLogger("sam2volume.web")
 TOOLS = ("view", "positive", "negative", "box")
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
+# the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
+OBJECT_COLOURS = (SEGMENT_COLOUR, (0.1, 0.85, 0.95), (1.0, 0.6, 0.1), (0.25, 0.4, 1.0), (0.95, 0.9, 0.1),
+                  (0.6, 0.3, 0.9), (0.65, 0.4, 0.2))
+MAX_OBJECTS = 32
 POLL_S = 0.5  # longest a propagation's long poll waits on the worker thread for new slices
 
 
@@ -65,7 +69,7 @@ class FetchedJob:
 
 
 class WebApp:
-    """One page (one trame server) on one volume, one segmentation with one segment."""
+    """One page (one trame server) on one volume, one segmentation with one segment per object."""
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
                  multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0):
@@ -94,6 +98,7 @@ class WebApp:
         self.volume = self._load(image)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
         self._colour_segment()
+        self._publish_objects()
         self._observe_prompt_nodes()
         self._publish_views()
 
@@ -111,7 +116,11 @@ class WebApp:
         s.display_windows = ["auto", *CT_PRESETS]
         s.display_window = self.settings.window if self.settings.window in CT_PRESETS else "auto"
         s.display_window_level = []  # what the volume's display node shows: [width, level]
+        s.objects = []  # the segments prompts may go to: id, name, colour (#rrggbb)
+        s.current_object = ""
+        s.new_object_name = ""
         s.change("tool")(self._on_tool)
+        s.change("current_object")(self._on_current_object)
         s.change("display_window")(self._on_display_window)
 
     def _build_ui(self) -> None:
@@ -134,6 +143,14 @@ class WebApp:
                        click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
                 v.VBtn("NIfTI", id="download-nifti", size="small", classes="mx-1", title="download the segment as a NIfTI labelmap",
                        click="utils.download('segmentation.nii.gz', trigger('download_nifti'), 'application/octet-stream')")
+                html.Input(v_model=("new_object_name",), id="object-name", placeholder="new object", maxlength=64,
+                           style="border: 1px solid #999; padding: 0 4px; width: 90px;")
+                v.VBtn("Add", id="add-object", size="small", classes="mx-1", click=self.ctrl.add_object, disabled=("busy",),
+                       title="add an object (segment) with this name; prompts then go to it")
+                with html.Select(v_model=("current_object",), id="object", title="the object prompts go to",
+                                 style="border: 1px solid #999; padding: 0 4px;"):
+                    html.Option("{{ o.name }}", v_for="o in objects", value=("o.id",), key="o.id",
+                                style=("{color: o.colour}",))
                 html.Span("Window", classes="ml-2 mr-1 text-caption")
                 with html.Select(v_model=("display_window",), id="display-window", style="border: 1px solid #999; padding: 0 4px;"):
                     html.Option("{{ w }}", v_for="w in display_windows", value=("w",), key="w")
@@ -151,6 +168,7 @@ class WebApp:
         self.ctrl.cancel.add(self.cancel)
         self.ctrl.undo.add(self.undo)
         self.ctrl.reset.add(self.reset)
+        self.ctrl.add_object.add(self.add_object)
         self.ctrl.trigger("download_segmentation")(self.download)
         self.ctrl.trigger("download_nifti")(self.download_nifti)
 
@@ -177,9 +195,46 @@ class WebApp:
         return volume
 
     def _colour_segment(self) -> None:
-        """The segment in SEGMENT_COLOUR (unlike the green + and red - points), filled in the slice views."""
-        self.segmentation.GetSegmentation().GetSegment(self.segment_id).SetColor(*SEGMENT_COLOUR)
+        """The segment in its object's colour (the first SEGMENT_COLOUR; unlike the green + and red -
+        points), filled in the slice views."""
+        segmentation = self.segmentation.GetSegmentation()
+        n = segmentation.GetNumberOfSegments() - 1
+        segmentation.GetSegment(self.segment_id).SetColor(*OBJECT_COLOURS[n % len(OBJECT_COLOURS)])
         self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
+
+    def _publish_objects(self) -> None:
+        segmentation = self.segmentation.GetSegmentation()
+        objects = []
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            colour = "#" + "".join(f"{round(255 * c):02x}" for c in segment.GetColor())
+            objects.append({"id": segmentation.GetNthSegmentID(i), "name": segment.GetName(), "colour": colour})
+        self.state.objects, self.state.current_object = objects, self.segment_id
+
+    def _on_current_object(self, current_object: str, **_: Any) -> None:
+        if current_object and self.segmentation.GetSegmentation().GetSegment(current_object) is not None:
+            self.segment_id = current_object
+
+    def add_object(self) -> None:
+        """A new object (segment) named from the page; prompts go to it from now on."""
+        name = " ".join(str(self.state.new_object_name or "").split())
+        segmentation = self.segmentation.GetSegmentation()
+        n = segmentation.GetNumberOfSegments()
+        if n >= MAX_OBJECTS:
+            self.state.status = f"no object added: at most {MAX_OBJECTS} objects in one page"
+            return
+        name = name or f"object {n + 1}"
+        if not name.isprintable() or len(name) > 64:
+            self.state.status = f"no object added: the name {name[:64]!r} must be one printable line of at most 64 characters"
+            return
+        if segmentation.GetSegmentIdBySegmentName(name):
+            self.state.status = f"no object added: an object is already named {name!r}; give another name"
+            return
+        self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation, segmentName=name)
+        self._colour_segment()
+        self._publish_objects()
+        self.state.new_object_name = ""
+        self.state.status = f"object {name!r} added: prompts now go to it"
 
     def _on_display_window(self, display_window: str, volume_display: Any = None, **_: Any) -> None:
         """The slice views' intensity window: a CT preset (width, level as sam2volume's windowing) or
@@ -314,11 +369,14 @@ class WebApp:
         """The prompts the engine got, as lines in the page and as numbers (voxel indices i, j, k)
         in the state ``prompt_points`` (what a test reads back)."""
         lines, points = [], []
+        segmentation = self.segmentation.GetSegmentation()
         for p in c.prompts:
             what = {"points": "+ point" if p.labels and p.labels[0] else "- point"}.get(p.kind, p.kind)
             ijk = " ".join("(" + ", ".join(f"{x:g}" for x in np.round(v, 2)) + ")" for v in p.ijk)
-            lines.append(f"{what} {c.axis} ijk {ijk}")
-            points.append({"kind": p.kind, "axis": c.axis, "ijk": np.asarray(p.ijk, float).tolist(), "labels": p.labels})
+            segment = segmentation.GetSegment(p.segment_id)
+            lines.append(f"{segment.GetName() if segment is not None else p.segment_id}: {what} {c.axis} ijk {ijk}")
+            points.append({"kind": p.kind, "axis": c.axis, "ijk": np.asarray(p.ijk, float).tolist(), "labels": p.labels,
+                           "segment": p.segment_id})
         self.state.prompts, self.state.prompt_points = lines, points
 
     # ------------------------------------------------------------ propagate
@@ -379,25 +437,35 @@ class WebApp:
         """Forget the prompts and clear the segment (a fresh start on this volume)."""
         self._generation += 1  # answers to prompts sent before now are dropped
         self.logic.reset(self.volume, self.segmentation)
-        self.segmentation.GetSegmentation().RemoveSegment(self.segment_id)
+        self.segmentation.GetSegmentation().RemoveAllSegments()  # every object
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation)
         self._colour_segment()
+        self._publish_objects()
         self._observe_prompt_nodes()
         self.state.prompts, self.state.prompt_points, self.state.progress, self.state.busy = [], [], 0, False
         self.state.status = "reset: no prompts, empty segment"
 
     # ------------------------------------------------------------ download
     def download(self):
-        """The segmentation as .seg.nrrd bytes (written by Slicer's own segmentation storage node)."""
+        """The segmentation as .seg.nrrd bytes, written by Slicer's own segmentation storage node (every
+        object with its name, colour and label value, on the volume's whole grid; trame-slicer's
+        ``write_segmentation`` writes a bare labelmap without names)."""
+        import slicer
+
         with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
             path = Path(folder) / "segmentation.seg.nrrd"
-            self.slicer_app.io_manager.write_segmentation(self.segmentation, path)
+            storage = slicer.vtkMRMLSegmentationStorageNode()
+            storage.SetCropToMinimumExtent(False)
+            storage.SetFileName(str(path))
+            if not storage.WriteData(self.segmentation):
+                raise RuntimeError(f"3D Slicer could not write the segmentation to {path}")
             return self.server.protocol.addAttachment(path.read_bytes())
 
     def download_nifti(self):
-        """The segment as a NIfTI labelmap (1 in the segment, 0 elsewhere) on the volume's grid: read back
-        with the module's write-back sampling (``read_slab``), written by sam2volume's labelmap writer
-        (the sidecar it may add, names and colours, is not sent)."""
+        """The objects as a NIfTI labelmap (object N: label N in the page's order, a later object over an
+        earlier one where they overlap; 0 elsewhere) on the volume's grid: read back with the module's
+        write-back sampling (``read_slab``), written by sam2volume's labelmap writer (the sidecar it may
+        add, names and colours, is not sent)."""
         from SegmentWithSAM2Lib.geometry import volume_from_slicer
         from SegmentWithSAM2Lib.logic import matrix
         from SegmentWithSAM2Lib.writeback import read_slab
@@ -405,12 +473,18 @@ class WebApp:
         from ..io.writers import write_labelmap
 
         dims = self.volume.GetImageData().GetDimensions()
-        mask_kji = read_slab(self.segmentation, self.segment_id, self.volume, 2, 0, dims[2] - 1)
-        labelmap = volume_from_slicer(mask_kji.astype(np.uint8), matrix(self.volume.GetIJKToRASMatrix), name="segmentation")
-        segment = self.segmentation.GetSegmentation().GetSegment(self.segment_id)
+        segmentation = self.segmentation.GetSegmentation()
+        labels_kji, segments = None, []
+        for n in range(segmentation.GetNumberOfSegments()):
+            sid, segment = segmentation.GetNthSegmentID(n), segmentation.GetNthSegment(n)
+            mask_kji = read_slab(self.segmentation, sid, self.volume, 2, 0, dims[2] - 1)
+            labels_kji = np.zeros(mask_kji.shape, np.uint8) if labels_kji is None else labels_kji
+            labels_kji[mask_kji > 0] = n + 1
+            segments.append({"label": n + 1, "name": segment.GetName(), "color": list(segment.GetColor())})
+        labelmap = volume_from_slicer(labels_kji, matrix(self.volume.GetIJKToRASMatrix), name="segmentation")
         with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
             path = Path(folder) / "segmentation.nii.gz"
-            write_labelmap(labelmap, path, segments=[{"label": 1, "name": segment.GetName(), "color": list(SEGMENT_COLOUR)}])
+            write_labelmap(labelmap, path, segments=segments)
             return self.server.protocol.addAttachment(path.read_bytes())
 
     def close(self) -> None:
