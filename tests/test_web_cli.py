@@ -170,3 +170,11 @@ def test_page_token_file_and_no_token(totalseg, tmp_path):
         assert _get(app.port, "/index.html")[0] == 200
     printed = [x for x in (tmp_path / "none.log").read_text().splitlines() if "open the page at" in x]
     assert len(printed) == 1 and "no token" in printed[0], printed
+
+
+def test_web_folder_without_dicom_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    proc = _web(str(tmp_path))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path) in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

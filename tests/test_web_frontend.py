@@ -378,3 +378,48 @@ def test_two_named_objects_propagated_equal_sam2volume(page, ct, totalseg, tmp_p
         mine, theirs = labels == names[name], expected == label
         assert theirs.sum() > 200 and theirs[:, :, k].any(), name
         assert np.array_equal(mine, theirs), f"{name}: {int((mine != theirs).sum())} voxels differ"
+
+
+def test_dicom_seg_needs_a_dicom_volume(page):
+    """The CT here is NIfTI: the DICOM-SEG button says why there is none (no download starts)."""
+    page.click("#download-dicom")
+    wait(lambda: page.inner_text("#status").startswith("no DICOM-SEG"), STEP_S, "the DICOM-SEG message")
+    assert "not read from a DICOM series" in page.inner_text("#status")
+
+
+def test_dicom_folder_click_propagate_downloads_a_dicom_seg(browser, totalseg, tmp_path):
+    """sam2volume web on the shared CT DICOM series: a click in its liver, Propagate; the DICOM-SEG download
+    reads back with pydicom/highdicom: one segment, one frame per slice, referencing every slice of the
+    series, and (sam2volume's reader) the same segment as the .seg.nrrd download."""
+    import highdicom as hd
+    import pydicom
+    from scipy import ndimage
+
+    folder = totalseg / "example_ct_dicom"
+    vol = read_volume(folder)
+    assert vol.meta.get("dicom_files") and vol.shape == (512, 512, 20)
+    with web_app(folder, tmp_path / "web.log") as app:
+        page = open_page(browser, app.url)
+        try:
+            view, _ = view_box(page, "axial")
+            k = shown_index(vol, view, 2)
+            liver = np.asarray(read_labelmap(totalseg / "example_seg_dicom.nii.gz", reference=vol).array)[:, :, k] == 5
+            depth = ndimage.distance_transform_edt(liver)
+            assert depth.max() > 10
+            click_voxel(page, vol, "axial", (*np.unravel_index(int(np.argmax(depth)), depth.shape), k))
+            assert len(state(page, "prompt_points")) == 1, page.inner_text("#status")
+            web = propagate_and_download(page, vol, tmp_path)
+            assert web.sum() > 1000
+            with page.expect_download() as download:
+                page.click("#download-dicom")
+            download.value.save_as(tmp_path / "segmentation.dcm")
+        finally:
+            page.close()
+    ds = pydicom.dcmread(tmp_path / "segmentation.dcm")
+    assert ds.Modality == "SEG" and len(ds.SegmentSequence) == 1 and int(ds.NumberOfFrames) == vol.shape[2]
+    assert ds.SegmentSequence[0].SegmentLabel == "SAM2 segment"
+    seg = hd.seg.segread(tmp_path / "segmentation.dcm")
+    assert len(seg.get_source_image_uids()) == vol.shape[2]  # every slice of the series referenced
+    assert np.asarray(ds.pixel_array).shape == (vol.shape[2], vol.shape[1], vol.shape[0])  # no empty frame left out
+    back = np.asarray(read_labelmap(tmp_path / "segmentation.dcm", reference=vol).array)  # frames put back on the grid
+    assert np.array_equal(back > 0, web), "the DICOM-SEG differs from the .seg.nrrd"

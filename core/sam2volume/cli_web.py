@@ -8,7 +8,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("web", help="segment in a web browser: slice and 3D views, prompts, propagate, download (extra 'web')")
-    p.add_argument("image", help="the volume to segment (any format 3D Slicer reads: NIfTI, NRRD, MHA, ...)")
+    p.add_argument("image", help="the volume to segment (any format 3D Slicer reads: NIfTI, NRRD, MHA, ...), or a "
+                   "DICOM series' folder (then the page also offers a DICOM-SEG download)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--server", metavar="URL", help="a running engine server (sam2volume serve) instead of a local one")
     p.add_argument("--token-file", help="file holding --server's token (default: the local token file for a loopback URL)")
@@ -44,8 +45,8 @@ def check_options(args: argparse.Namespace) -> None:
                          "FILE (e.g. python -c \"import secrets; print(secrets.token_urlsafe(32))\" > FILE; chmod 600 FILE)")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number (0..65535)")
-    if not Path(args.image).is_file():
-        raise InputError(f"image {args.image} is not a file; give the path of a volume")
+    if not Path(args.image).is_file() and not Path(args.image).is_dir():
+        raise InputError(f"image {args.image} is not a file or a folder; give the path of a volume or a DICOM series' folder")
     if args.server and not args.server.startswith(("http://", "https://")):
         raise InputError(f"--server {args.server} is not an http(s) URL, e.g. http://gpu-host:8765")
     if args.stop_after < 0:
@@ -74,6 +75,19 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     check_options(args)
     token = page_token(args)  # a bad token file is a user error before anything starts
+    dicom = None
+    if os.path.isdir(args.image):  # a DICOM series, read by sam2volume (its checks: one series, even spacing, ...)
+        import warnings
+
+        from .io import read_volume
+
+        with warnings.catch_warnings():  # pydicom's notes while it probes files that are not DICOM
+            warnings.simplefilter("ignore", UserWarning)
+            dicom = read_volume(args.image)
+        if not dicom.meta.get("dicom_files"):
+            from .errors import InputError
+
+            raise InputError(f"image {args.image} is a folder but not a DICOM series; give a DICOM series' folder or a volume file")
     try:
         import trame_slicer  # noqa: F401
     except ImportError as exc:
@@ -104,7 +118,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
     app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host, token=token,
-                 port=args.port)
+                 port=args.port, dicom=dicom)
     shown = f"http://[{args.host}]:{args.port}/" if ":" in args.host else f"http://{args.host}:{args.port}/"
     if not token:
         print(f"open the page at {shown} (no token: any user of this machine can open it)", flush=True)

@@ -72,7 +72,8 @@ class WebApp:
     """One page (one trame server) on one volume, one segmentation with one segment per object."""
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
-                 multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0):
+                 multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0,
+                 dicom: Any = None):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -95,6 +96,8 @@ class WebApp:
         for view in self.slicer_app.view_manager.get_views():
             # trame-slicer asks for 8x multisampling: click-to-picture 540-600 ms here, 210-250 ms without
             view.render_window().SetMultiSamples(int(multisamples))
+        self.dicom = dicom  # the sam2volume Volume read from a DICOM series (the DICOM-SEG's reference), or None
+        self.state.from_dicom = dicom is not None
         self.volume = self._load(image)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
         self._colour_segment()
@@ -141,6 +144,11 @@ class WebApp:
                            size="small", classes="mx-1")
                 v.VBtn(".seg.nrrd", id="download", size="small", classes="mx-1", title="download the segmentation (Slicer's .seg.nrrd)",
                        click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
+                v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_if=("from_dicom",),
+                       title="download the objects as a DICOM-SEG referencing the DICOM series",
+                       click="utils.download('segmentation.dcm', trigger('download_dicom'), 'application/dicom')")
+                v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_else=True, click=self.ctrl.no_dicom,
+                       title="a DICOM-SEG needs a volume read from a DICOM series")
                 v.VBtn("NIfTI", id="download-nifti", size="small", classes="mx-1", title="download the segment as a NIfTI labelmap",
                        click="utils.download('segmentation.nii.gz', trigger('download_nifti'), 'application/octet-stream')")
                 html.Input(v_model=("new_object_name",), id="object-name", placeholder="new object", maxlength=64,
@@ -171,9 +179,18 @@ class WebApp:
         self.ctrl.add_object.add(self.add_object)
         self.ctrl.trigger("download_segmentation")(self.download)
         self.ctrl.trigger("download_nifti")(self.download_nifti)
+        self.ctrl.trigger("download_dicom")(self.download_dicom)
+        self.ctrl.no_dicom.add(self.no_dicom)
 
     def _load(self, image: str | os.PathLike[str]):
-        volumes = self.slicer_app.io_manager.load_volumes([str(image)])
+        if self.dicom is not None:  # Slicer's core reads no DICOM folder: sam2volume's reader, handed over as NRRD
+            from ..io.writers import write_volume
+
+            with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+                path = write_volume(self.dicom, Path(folder) / f"{Path(image).name or 'dicom'}.nrrd")
+                volumes = self.slicer_app.io_manager.load_volumes([str(path)])
+        else:
+            volumes = self.slicer_app.io_manager.load_volumes([str(image)])
         if not volumes:
             raise RuntimeError(f"3D Slicer could not read {image} as a volume")
         volume = volumes[0]
@@ -466,11 +483,41 @@ class WebApp:
         earlier one where they overlap; 0 elsewhere) on the volume's grid: read back with the module's
         write-back sampling (``read_slab``), written by sam2volume's labelmap writer (the sidecar it may
         add, names and colours, is not sent)."""
+        from ..io.writers import write_labelmap
+
+        labelmap, segments = self._labelmap()
+        with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+            path = Path(folder) / "segmentation.nii.gz"
+            write_labelmap(labelmap, path, segments=segments)
+            return self.server.protocol.addAttachment(path.read_bytes())
+
+    def download_dicom(self):
+        """The objects as a DICOM-SEG (sam2volume's highdicom writer) referencing the DICOM series the volume
+        was read from; None, with a message in the page, for any other volume or an error."""
+        from ..io.writers import write_labelmap
+
+        if self.dicom is None:
+            self.no_dicom()
+            return None
+        try:
+            labelmap, segments = self._labelmap()
+            with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+                path = Path(folder) / "segmentation.dcm"
+                write_labelmap(labelmap, path, segments=segments, reference=self.dicom)
+                return self.server.protocol.addAttachment(path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            self.state.status = f"no DICOM-SEG: {describe_error(exc)}"
+            return None
+
+    def no_dicom(self) -> None:
+        self.state.status = ("no DICOM-SEG: the volume was not read from a DICOM series (start sam2volume web with the "
+                             "series' folder); download .seg.nrrd or NIfTI instead")
+
+    def _labelmap(self):
+        """The objects as one labelmap Volume on the volume's grid (object N: label N) and their segments."""
         from SegmentWithSAM2Lib.geometry import volume_from_slicer
         from SegmentWithSAM2Lib.logic import matrix
         from SegmentWithSAM2Lib.writeback import read_slab
-
-        from ..io.writers import write_labelmap
 
         dims = self.volume.GetImageData().GetDimensions()
         segmentation = self.segmentation.GetSegmentation()
@@ -481,11 +528,7 @@ class WebApp:
             labels_kji = np.zeros(mask_kji.shape, np.uint8) if labels_kji is None else labels_kji
             labels_kji[mask_kji > 0] = n + 1
             segments.append({"label": n + 1, "name": segment.GetName(), "color": list(segment.GetColor())})
-        labelmap = volume_from_slicer(labels_kji, matrix(self.volume.GetIJKToRASMatrix), name="segmentation")
-        with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
-            path = Path(folder) / "segmentation.nii.gz"
-            write_labelmap(labelmap, path, segments=segments)
-            return self.server.protocol.addAttachment(path.read_bytes())
+        return volume_from_slicer(labels_kji, matrix(self.volume.GetIJKToRASMatrix), name="segmentation"), segments
 
     def close(self) -> None:
         self.logic.close()
