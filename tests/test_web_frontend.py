@@ -423,3 +423,60 @@ def test_dicom_folder_click_propagate_downloads_a_dicom_seg(browser, totalseg, t
     assert np.asarray(ds.pixel_array).shape == (vol.shape[2], vol.shape[1], vol.shape[0])  # no empty frame left out
     back = np.asarray(read_labelmap(tmp_path / "segmentation.dcm", reference=vol).array)  # frames put back on the grid
     assert np.array_equal(back > 0, web), "the DICOM-SEG differs from the .seg.nrrd"
+
+
+def _draw_stroke(page, ct, tool: str, vertices: list) -> dict:
+    """Click a stroke's vertices (voxels of the axial slice shown) with ``tool``, press Finish stroke; its prompt."""
+    page.click(f"#tool-{tool}")
+    wait(lambda: state(page, "tool") == tool, STEP_S, f"tool {tool}")
+    view, box = view_box(page, "axial")
+    n = len(state(page, "prompt_points"))
+    for ijk in vertices:
+        page.mouse.click(*pixel_of(view, box, ras_of(ct, ijk)))
+        time.sleep(0.6)  # one click per vertex, not a double-click (which ends placing in Slicer's markups)
+    page.click("#finish-stroke")
+    wait(lambda: len(state(page, "prompt_points")) > n or "not used" in page.inner_text("#status"), STEP_S, f"the {tool} prompt")
+    assert page.inner_text("#status").startswith(f"{tool}: mask shown"), page.inner_text("#status")
+    prompt = state(page, "prompt_points")[-1]
+    assert prompt["kind"] == tool and prompt["axis"] == "axial"
+    assert np.all(np.abs(np.array(prompt["ijk"]) - vertices) < 0.5), (prompt["ijk"], vertices)  # the clicked voxels
+    return prompt
+
+
+@pytest.mark.parametrize("tool", ["lasso", "scribble"])
+def test_lasso_or_scribble_drawn_in_the_page_then_propagated_equals_sam2volume(page, ct, tmp_path, tool):
+    """A lasso around part of the liver (or a + scribble across it) clicked vertex by vertex in the axial view,
+    ended by Finish stroke, is one prompt; propagated, the segment equals sam2volume's BaselineSession given
+    add_lasso / add_scribble with the same polygon (voxel coordinates), voxel for voxel."""
+    from sam2volume.baseline import BaselineSession
+
+    k = shown_index(ct, view_box(page, "axial")[0], 2)
+    if tool == "lasso":
+        vertices = [(72, 44, k), (96, 46, k), (100, 62, k), (88, 72, k), (72, 66, k)]
+    else:
+        vertices = [(76, 50, k), (90, 58, k), (84, 68, k)]
+    prompt = _draw_stroke(page, ct, tool, vertices)
+    web = propagate_and_download(page, ct, tmp_path)
+
+    session = BaselineSession(ct, "axial", window="abdomen")
+    if tool == "lasso":
+        session.add_lasso(1, prompt["ijk"])
+    else:
+        assert prompt["labels"] == [1]
+        session.add_scribble(1, prompt["ijk"], True)
+    session.propagate(stop_after=3)
+    expected = np.asarray(session.result().array) == 1
+    assert expected.sum() > 1000
+    assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ ({int(web.sum())} vs {int(expected.sum())})"
+
+
+def test_finish_stroke_without_a_stroke_tool_or_vertices_says_what_to_do(page):
+    page.click("#tool-view")  # the tool is the app's: an earlier page may have left a stroke tool
+    wait(lambda: state(page, "tool") == "view", STEP_S, "tool view")
+    page.click("#finish-stroke")
+    wait(lambda: page.inner_text("#status").startswith("no stroke to finish"), STEP_S, "the message")
+    page.click("#tool-lasso")
+    wait(lambda: state(page, "tool") == "lasso", STEP_S, "tool lasso")
+    page.click("#finish-stroke")
+    wait(lambda: page.inner_text("#status").startswith("no lasso to finish"), STEP_S, "the message")
+    assert state(page, "prompt_points") == []

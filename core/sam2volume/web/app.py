@@ -21,11 +21,13 @@ import numpy as np
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
 
 from ..windowing import CT_PRESETS
-from SegmentWithSAM2Lib.logic import GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, box_corners, describe_error, slice_node_for_point
+from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, box_corners, curve_points, describe_error,
+                                      slice_node_for_point)
 
 log = logging.getLogger("sam2volume.web")
 
-TOOLS = ("view", "positive", "negative", "box")
+TOOLS = ("view", "positive", "negative", "box", "scribble", "lasso")
+STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex, sent by "Finish stroke"
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 # the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
@@ -110,7 +112,7 @@ class WebApp:
         s = self.state
         s.trame__title = "Segment with SAM2"
         s.tool = "view"
-        s.status = "choose + point, - point or box, then click in a slice view"
+        s.status = "choose + point, - point, box, scribble or lasso, then click in a slice view"
         s.progress = 0
         s.busy = False
         s.prompts = []  # one line per prompt sent: kind, view, voxel (i, j, k)
@@ -122,7 +124,9 @@ class WebApp:
         s.objects = []  # the segments prompts may go to: id, name, colour (#rrggbb)
         s.current_object = ""
         s.new_object_name = ""
+        s.scribble_sign = "+"  # a scribble's points: positive (+) or negative (-)
         s.change("tool")(self._on_tool)
+        s.change("scribble_sign")(lambda **_: self._on_tool(self.state.tool))
         s.change("current_object")(self._on_current_object)
         s.change("display_window")(self._on_display_window)
 
@@ -136,7 +140,8 @@ class WebApp:
             layout.icon.hide()
             with layout.toolbar:
                 with v.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", classes="mx-1"):
-                    for label, value in (("View", "view"), ("+ point", "positive"), ("- point", "negative"), ("Box", "box")):
+                    for label, value in (("View", "view"), ("+ point", "positive"), ("- point", "negative"), ("Box", "box"),
+                                         ("Scribble", "scribble"), ("Lasso", "lasso")):
                         v.VBtn(label, value=value, id=f"tool-{value}", size="small")
                 for label, name, disabled in (("Propagate", "propagate", "busy"), ("Cancel", "cancel", "!busy"),
                                               ("Undo", "undo", "busy"), ("Reset", "reset", None)):
@@ -165,7 +170,16 @@ class WebApp:
                 v.VProgressLinear(model_value=("progress",), id="progress", style="max-width: 160px", height=8, classes="mx-2")
             with layout.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
-                    html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
+                    with html.Div(style="display: flex; align-items: center; flex: 0 0 auto;"):
+                        # the stroke controls (the toolbar is full at 1200 px)
+                        html.Span("scribble", classes="ml-2 mr-1 text-caption")
+                        with html.Select(v_model=("scribble_sign",), id="scribble-sign", title="a scribble's points: + (object) or - (not)",
+                                         style="border: 1px solid #999; padding: 0 4px;"):
+                            html.Option("+", value="+")
+                            html.Option("-", value="-")
+                        v.VBtn("Finish stroke", id="finish-stroke", click=self.ctrl.finish_stroke, size="x-small", classes="mx-1",
+                               title="send the scribble or lasso drawn (one click per vertex) as one prompt")
+                        html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
                     # a fixed height: a new prompt line must not move or resize the views under the pointer
                     with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px; "
                                   "height: 48px; overflow-y: auto; flex: 0 0 auto;"):
@@ -173,6 +187,7 @@ class WebApp:
                     with html.Div(style="flex: 1 1 auto; position: relative;"):
                         self.layout_manager.initialize_layout_grid(layout)
         self.ctrl.propagate.add(self.propagate)
+        self.ctrl.finish_stroke.add(self.finish_stroke)
         self.ctrl.cancel.add(self.cancel)
         self.ctrl.undo.add(self.undo)
         self.ctrl.reset.add(self.reset)
@@ -307,8 +322,43 @@ class WebApp:
         markups = self.slicer_app.markups_logic
         if tool in self._prompt_nodes:
             markups.place_node(self._prompt_nodes[tool], persistent=tool != "box")
+        elif tool in STROKES:
+            markups.place_node(self._stroke_node(tool), persistent=True)  # one click per vertex
         else:
             markups.disable_place_mode()
+
+    def _stroke_node(self, tool: str):
+        """The module's current (unused) curve node for a scribble of the page's sign, or a lasso."""
+        kind = "negative_scribble" if tool == "scribble" and self.state.scribble_sign == "-" else tool
+        return self.logic.prompts.get(kind)
+
+    def finish_stroke(self) -> None:
+        """The scribble or lasso drawn so far (the current curve node's vertices) becomes one prompt, sent
+        as the module's addScribble / addLasso send it (the controller's add_scribble / add_lasso)."""
+        tool = self.state.tool
+        if tool not in STROKES:
+            self.state.status = "no stroke to finish: choose Scribble or Lasso and click its vertices in a slice view"
+            return
+        node = self._stroke_node(tool)
+        points = curve_points(node)
+        if not len(points):
+            self.state.status = f"no {tool} to finish: click its vertices in a slice view first"
+            return
+        self.slicer_app.markups_logic.disable_place_mode()  # the next clicks go to the next stroke's node
+        if self.logic.busy:
+            self._refuse(tool, node, "a propagation is running; wait for it or press Cancel")
+            self._on_tool(self.state.tool)
+            return
+        segment_id, key = self.segment_id, (node.GetID(), "stroke")
+        if tool == "lasso":
+            def send(c, s2r, w2l):
+                return c.add_lasso(segment_id, points, s2r, w2l, key=key)
+        else:
+            positive = self.state.scribble_sign != "-"
+
+            def send(c, s2r, w2l):
+                return c.add_scribble(segment_id, points, positive, s2r, w2l, key=key)
+        self._prompt(tool, node, send, self.view_of(points[0]))
 
     def _on_placed(self, kind: str, node) -> None:
         if self.logic.busy:
@@ -359,7 +409,7 @@ class WebApp:
                 return  # Reset was pressed while the engine answered: this prompt is gone
             with self.state:
                 self.logic.applyUpdates([update], self.segmentation, self.volume)
-                if kind == "box":
+                if kind == "box" or kind in STROKES:  # a used box or stroke stays (locked); the next is a new node
                     self.logic.prompts.retire_box(node, self.segment_id)
                     self._prompt_nodes["box"] = None
                     self._observe_prompt_nodes()
@@ -372,8 +422,10 @@ class WebApp:
 
     def _refuse(self, kind: str, node, message: str, key=None) -> None:
         """A refused prompt is not left on screen as if it counted."""
-        if kind == "box":
+        if kind == "box" or kind in STROKES:
             node.RemoveAllControlPoints()
+            if kind in STROKES:
+                self._on_tool(self.state.tool)  # the stroke's node placed again (Finish stroke ended placing)
         elif key is not None:
             index = node.GetNthControlPointIndexByID(key[1])
             if index >= 0:
