@@ -31,6 +31,7 @@ def _web(*args: str) -> subprocess.CompletedProcess:
     (["--port", "70000"], ["--port 70000"]),
     (["--server", "gpu-host:8765"], ["--server gpu-host:8765", "http"]),
     (["--stop-after", "-1"], ["--stop-after -1"]),
+    (["--max-upload-mb", "-5"], ["--max-upload-mb -5", "0 (no upload)"]),
 ])
 def test_web_user_errors_are_one_sentence(totalseg, argv, words):
     proc = _web(str(totalseg / "example_ct_sm.nii.gz"), *argv)
@@ -178,3 +179,33 @@ def test_web_folder_without_dicom_is_one_sentence(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path) in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_upload_route_needs_the_token_and_origin_and_refuses_bad_files(ct_app, tmp_path):
+    """The page's upload (POST /sam2volume-upload) is behind the same token and Origin checks; a file name is a
+    name only (a path in it is not used), a non-volume suffix and a file read_volume refuses get a JSON error
+    naming it, and no temporary file is left."""
+    import http.client
+    import json
+    import tempfile
+
+    port = ct_app.port
+    jar = f"sam2volume-web-token-{port}={ct_app.token}"
+    before = sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*"))
+
+    def post(body: bytes, name: str, **headers: str):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/sam2volume-upload", body=body, headers={"X-Sam2volume-Filename": name, **headers})
+        response = conn.getresponse()
+        result = response.status, response.read()
+        conn.close()
+        return result
+
+    assert post(b"x", "a.nii.gz")[0] == 401
+    assert post(b"x", "a.nii.gz", Cookie=jar, Origin="http://evil.example")[0] == 403
+    status, body = post(b"x", "notes.txt", Cookie=jar)
+    assert status == 400 and "notes.txt" in json.loads(body)["error"]["message"]
+    status, body = post(b"not a nifti", "..%2F..%2Fetc%2Fbroken.nii.gz", Cookie=jar)
+    error = json.loads(body)["error"]
+    assert status == 400 and error["type"] == "InputError" and error["message"].startswith("broken.nii.gz: "), error
+    assert sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*")) == before

@@ -480,3 +480,51 @@ def test_finish_stroke_without_a_stroke_tool_or_vertices_says_what_to_do(page):
     page.click("#finish-stroke")
     wait(lambda: page.inner_text("#status").startswith("no lasso to finish"), STEP_S, "the message")
     assert state(page, "prompt_points") == []
+
+
+def _uploads_left() -> list:
+    import tempfile
+
+    return sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*"))
+
+
+def test_uploaded_ct_becomes_the_volume_and_an_over_cap_upload_is_refused(browser, totalseg, ct, tmp_path):
+    """An app started on the MR: the shared CT uploaded in the page (read by sam2volume's read_volume from a
+    private temporary file, removed afterwards) is then the volume clicked and propagated, equal to sam2volume's
+    result; with --max-upload-mb below the CT's size the upload is refused with a message and the MR stays."""
+    source = totalseg / "example_ct_sm.nii.gz"
+    before = _uploads_left()
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log") as app:
+        page = open_page(browser, app.url)
+        assert state(page, "volume_name") == "example_mr_sm.nii.gz"
+        page.set_input_files("#upload-file", str(source))
+        wait(lambda: page.inner_text("#status").startswith(("uploaded", "no volume")), 120, "the upload")
+        assert page.inner_text("#status").startswith("uploaded example_ct_sm.nii.gz"), page.inner_text("#status")
+        assert state(page, "volume_name") == "example_ct_sm.nii.gz"
+        k = shown_index(ct, view_box(page, "axial")[0], 2)
+        click_voxel(page, ct, "axial", (LIVER[0], LIVER[1], k))
+        prompt = state(page, "prompt_points")[0]
+        assert np.all(np.abs(np.array(prompt["ijk"][0]) - (LIVER[0], LIVER[1], k)) < 0.5), prompt
+        web = propagate_and_download(page, ct, tmp_path)
+        from sam2volume.baseline import BaselineSession
+
+        session = BaselineSession(ct, "axial", window="abdomen")
+        session.add_points(1, prompt["ijk"], prompt["labels"])
+        session.propagate(stop_after=3)
+        expected = np.asarray(session.result().array) == 1
+        assert expected.sum() > 1000 and np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
+        page.close()
+    assert _uploads_left() == before  # the temporary file is gone
+
+    cap_mb = 0.25  # the CT file is 0.46 MB
+    assert source.stat().st_size > cap_mb * 2**20
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web2.log", "--max-upload-mb", str(cap_mb)) as app:
+        page = open_page(browser, app.url)
+        page.set_input_files("#upload-file", str(source))
+        wait(lambda: page.inner_text("#status").startswith(("uploaded", "no volume")), 120, "the refusal")
+        status = page.inner_text("#status")
+        assert status.startswith("no volume uploaded: example_ct_sm.nii.gz is larger than the 0.25 MB limit") and \
+            "--max-upload-mb" in status, status
+        assert state(page, "volume_name") == "example_mr_sm.nii.gz"
+        page.close()
+    assert _uploads_left() == before

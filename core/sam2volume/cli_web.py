@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-token", action="store_true", help="on loopback, serve the page without a token "
                    "(any user of this machine can then open it)")
     p.add_argument("--port", type=int, default=8080, help="port of the page (default 8080)")
+    p.add_argument("--max-upload-mb", type=float, default=1024.0,
+                   help="largest volume file the page may upload, in MB (default 1024; 0: no upload)")
     # tests: SAM2 with random weights at this input size (seed 0) on the local engine server; never for users
     p.add_argument("--random-weights-size", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--multisamples", type=int, default=0, help=argparse.SUPPRESS)  # trame-slicer's own is 8 (benchmark)
@@ -51,6 +53,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--server {args.server} is not an http(s) URL, e.g. http://gpu-host:8765")
     if args.stop_after < 0:
         raise InputError(f"--stop-after {args.stop_after} must be 0 (never) or more")
+    if not 0 <= args.max_upload_mb <= 1 << 20:
+        raise InputError(f"--max-upload-mb {args.max_upload_mb:g} must be 0 (no upload) to {1 << 20} MB")
 
 
 def page_token(args: argparse.Namespace) -> str | None:
@@ -118,7 +122,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
     app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host, token=token,
-                 port=args.port, dicom=dicom)
+                 port=args.port, dicom=dicom, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     shown = f"http://[{args.host}]:{args.port}/" if ":" in args.host else f"http://{args.host}:{args.port}/"
     if not token:
         print(f"open the page at {shown} (no token: any user of this machine can open it)", flush=True)

@@ -34,6 +34,15 @@ SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 OBJECT_COLOURS = (SEGMENT_COLOUR, (0.1, 0.85, 0.95), (1.0, 0.6, 0.1), (0.25, 0.4, 1.0), (0.95, 0.9, 0.1),
                   (0.6, 0.3, 0.9), (0.65, 0.4, 0.2))
 MAX_OBJECTS = 32
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file volume formats the page may upload
+UPLOAD_PATH = "/sam2volume-upload"
+UPLOAD_SCRIPT = """document.addEventListener('change', (e) => {
+  if (e.target.id !== 'upload-file' || !e.target.files.length) return;
+  const file = e.target.files[0];
+  e.target.value = '';
+  fetch('sam2volume-upload', {method: 'POST', body: file, credentials: 'same-origin',
+         headers: {'Content-Type': 'application/octet-stream', 'X-Sam2volume-Filename': encodeURIComponent(file.name)}});
+});"""
 POLL_S = 0.5  # longest a propagation's long poll waits on the worker thread for new slices
 
 
@@ -75,7 +84,7 @@ class WebApp:
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
                  multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0,
-                 dicom: Any = None):
+                 dicom: Any = None, max_upload_bytes: int = 1024 << 20):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -85,6 +94,8 @@ class WebApp:
         server.enable_module(trame_slicer_module)
         guards = [web_guard(host)] + ([token_guard(token, port)] if token else [])  # Host/Origin first, then the token
         server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.extend(guards))
+        self.max_upload_bytes = int(max_upload_bytes)
+        server.controller.on_server_bind.add(lambda wslink_server: wslink_server.app.router.add_post(UPLOAD_PATH, self.upload))
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, server, slice_view_ui_f=_slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
@@ -124,6 +135,7 @@ class WebApp:
         s.objects = []  # the segments prompts may go to: id, name, colour (#rrggbb)
         s.current_object = ""
         s.new_object_name = ""
+        s.volume_name = ""
         s.scribble_sign = "+"  # a scribble's points: positive (+) or negative (-)
         s.change("tool")(self._on_tool)
         s.change("scribble_sign")(lambda **_: self._on_tool(self.state.tool))
@@ -135,7 +147,10 @@ class WebApp:
         from trame.widgets import html
         from trame.widgets import vuetify3 as v
 
+        from trame.widgets import client
+
         with SinglePageLayout(self.server) as layout:
+            client.Script(UPLOAD_SCRIPT)  # a chosen file is POSTed to UPLOAD_PATH (streamed, size-capped there)
             layout.title.set_text("SAM2")
             layout.icon.hide()
             with layout.toolbar:
@@ -179,6 +194,10 @@ class WebApp:
                             html.Option("-", value="-")
                         v.VBtn("Finish stroke", id="finish-stroke", click=self.ctrl.finish_stroke, size="x-small", classes="mx-1",
                                title="send the scribble or lasso drawn (one click per vertex) as one prompt")
+                        html.Span("volume", classes="ml-2 mr-1 text-caption")
+                        html.Input(type="file", id="upload-file", accept=",".join(UPLOAD_SUFFIXES) + ",.gz",
+                                   title=f"upload a volume file ({', '.join(UPLOAD_SUFFIXES)}; at most {self.max_upload_bytes / 2**20:g} MB)",
+                                   style="max-width: 190px; font-size: 12px;", disabled=("busy",))
                         html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
                     # a fixed height: a new prompt line must not move or resize the views under the pointer
                     with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px; "
@@ -197,18 +216,20 @@ class WebApp:
         self.ctrl.trigger("download_dicom")(self.download_dicom)
         self.ctrl.no_dicom.add(self.no_dicom)
 
-    def _load(self, image: str | os.PathLike[str]):
-        if self.dicom is not None:  # Slicer's core reads no DICOM folder: sam2volume's reader, handed over as NRRD
+    def _load(self, image: str | os.PathLike[str], read: Any = None):
+        read = self.dicom if read is None else read
+        if read is not None:  # a DICOM folder (Slicer's core reads none) or an upload: sam2volume's reader, handed over as NRRD
             from ..io.writers import write_volume
 
             with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
-                path = write_volume(self.dicom, Path(folder) / f"{Path(image).name or 'dicom'}.nrrd")
+                path = write_volume(read, Path(folder) / f"{Path(image).name or 'dicom'}.nrrd")
                 volumes = self.slicer_app.io_manager.load_volumes([str(path)])
         else:
             volumes = self.slicer_app.io_manager.load_volumes([str(image)])
         if not volumes:
             raise RuntimeError(f"3D Slicer could not read {image} as a volume")
         volume = volumes[0]
+        self.state.volume_name = Path(image).name
         dm = self.slicer_app.display_manager
         dm.show_volume_in_slice_background(volume)
         dm.show_volume_in_slice_foreground(None)
@@ -513,6 +534,78 @@ class WebApp:
         self._observe_prompt_nodes()
         self.state.prompts, self.state.prompt_points, self.state.progress, self.state.busy = [], [], 0, False
         self.state.status = "reset: no prompts, empty segment"
+
+    # ------------------------------------------------------------ upload
+    async def upload(self, request: Any) -> Any:
+        """A volume file POSTed by the page (aiohttp handler, behind the Host/Origin and token guards): streamed
+        into a private temporary file, at most ``max_upload_bytes`` (else refused, nothing kept), read by
+        sam2volume's ``read_volume`` (its header checks), the file removed; then the page's volume."""
+        from urllib.parse import unquote
+
+        from aiohttp import web
+
+        def refuse(status: int, kind: str, message: str) -> Any:
+            with self.state:
+                self.state.status = f"no volume uploaded: {message}"
+            return web.json_response({"error": {"type": kind, "message": message}}, status=status)
+
+        name = Path(unquote(request.headers.get("X-Sam2volume-Filename", ""))).name  # a name only, never a path
+        suffix = next((x for x in UPLOAD_SUFFIXES if name.lower().endswith(x)), None)
+        cap = self.max_upload_bytes
+        if cap <= 0:
+            return refuse(403, "LimitError", "uploads are off (sam2volume web --max-upload-mb 0)")
+        if suffix is None:
+            return refuse(400, "InputError", f"{name!r} is not a {', '.join(UPLOAD_SUFFIXES)} file; upload one of those")
+        if self.logic.busy:
+            return refuse(409, "BusyError", "a propagation is running; wait for it or press Cancel")
+        too_big = (f"{name} is larger than the {cap / 2**20:g} MB limit; start sam2volume web with a larger "
+                   "--max-upload-mb, or give the file on the command line")
+        if request.content_length is not None and request.content_length > cap:
+            return refuse(413, "LimitError", too_big)
+        fd, tmp = tempfile.mkstemp(prefix="sam2volume-web-upload-", suffix=suffix)  # mode 0600
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > cap:
+                        return refuse(413, "LimitError", too_big)
+                    out.write(chunk)
+            from .. import read_volume
+
+            try:
+                vol = await asyncio.get_running_loop().run_in_executor(None, read_volume, tmp)
+            except Exception as exc:  # noqa: BLE001 - the reader's own sentence, shown in the page
+                return refuse(400, "InputError", f"{name}: {describe_error(exc)}")
+        finally:
+            os.unlink(tmp)
+        with self.state:
+            try:
+                self.replace_volume(vol, name)
+            except Exception as exc:  # noqa: BLE001
+                self.state.status = f"no volume uploaded: {describe_error(exc)}"
+                return web.json_response({"error": {"type": "InputError", "message": describe_error(exc)}}, status=400)
+            self.state.status = f"uploaded {name} ({size / 2**20:.1f} MB): choose a tool and click in a slice view"
+        return web.json_response({"volume": name, "shape": list(vol.shape)})
+
+    def replace_volume(self, vol: Any, name: str) -> None:
+        """The page's volume becomes ``vol`` (a sam2volume Volume): the old one's prompts, objects and nodes go."""
+        if self.logic.busy:
+            raise RuntimeError("a propagation is running; wait for it or press Cancel")
+        self._generation += 1  # answers to prompts on the old volume are dropped
+        self.logic.reset(self.volume, self.segmentation)
+        scene = self.slicer_app.scene
+        old_volume, old_segmentation = self.volume, self.segmentation
+        self.dicom, self.state.from_dicom = None, False
+        self.volume = self._load(name, read=vol)
+        scene.RemoveNode(old_segmentation)
+        scene.RemoveNode(old_volume)
+        self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
+        self._colour_segment()
+        self._publish_objects()
+        self._observe_prompt_nodes()
+        self.state.prompts, self.state.prompt_points, self.state.progress = [], [], 0
+        self._publish_views()
 
     # ------------------------------------------------------------ download
     def download(self):
