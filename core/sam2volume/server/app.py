@@ -362,26 +362,20 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
         obj = await run_in_threadpool(run, sid, lambda s: s.add_object(req.label, req.name, req.color), request, data)
         return {"label": obj.label, "name": obj.name, "color": obj.color}
 
+    async def prompt_request(sid: str, request: Request, model: Any, call: Any) -> dict[str, Any]:
+        """A prompt: the body checked as ``model``, then ``call(engine session, request)`` -> the slice's mask."""
+        data = await body(request)
+        req = parse(model, data)
+        return await run_in_threadpool(run, sid, lambda s: prompt_reply(s, req.label, call(s, req)), request, data)
+
     @v1.post("/sessions/{sid}/points")
     async def add_points(sid: str, request: Request) -> dict[str, Any]:
-        data = await body(request)
-        req = parse(AddPoints, data)
-
-        def work(s: Any) -> dict[str, Any]:
-            m = s.add_points(req.label, req.points, req.point_labels, coords="frame", slice_index=req.slice, name=req.name)
-            return prompt_reply(s, req.label, m)
-
-        return await run_in_threadpool(run, sid, work, request, data)
+        return await prompt_request(sid, request, AddPoints, lambda s, r: s.add_points(
+            r.label, r.points, r.point_labels, coords="frame", slice_index=r.slice, name=r.name))
 
     @v1.post("/sessions/{sid}/box")
     async def add_box(sid: str, request: Request) -> dict[str, Any]:
-        data = await body(request)
-        req = parse(AddBox, data)
-
-        def work(s: Any) -> dict[str, Any]:
-            return prompt_reply(s, req.label, s.add_box(req.label, req.box, slice_index=req.slice, name=req.name))
-
-        return await run_in_threadpool(run, sid, work, request, data)
+        return await prompt_request(sid, request, AddBox, lambda s, r: s.add_box(r.label, r.box, slice_index=r.slice, name=r.name))
 
     @v1.post("/sessions/{sid}/mask")
     async def add_mask(sid: str, request: Request) -> dict[str, Any]:
@@ -396,12 +390,6 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             return prompt_reply(s, req.label, s.add_mask(req.label, mask, req.slice, name=req.name))
 
         return await run_in_threadpool(run, sid, work, request, data)
-
-    async def prompt_request(sid: str, request: Request, model: Any, call: Any) -> dict[str, Any]:
-        """A prompt: the body checked as ``model``, then ``call(engine session, request)`` -> the slice's mask."""
-        data = await body(request)
-        req = parse(model, data)
-        return await run_in_threadpool(run, sid, lambda s: prompt_reply(s, req.label, call(s, req)), request, data)
 
     @v1.post("/sessions/{sid}/scribble")
     async def add_scribble(sid: str, request: Request) -> dict[str, Any]:
