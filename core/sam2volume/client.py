@@ -420,18 +420,13 @@ class RemoteSession(SessionBase):
     def add_scribble(self, label: int, points: Any, positive: bool = True, *, coords: str = "voxel",
                      slice_index: int | None = None, name: str | None = None) -> np.ndarray:
         """As :meth:`Session.add_scribble`: checked here, sampled into points on the server."""
-        s, _, _ = self.scribble_on_slice(points, positive, coords, slice_index)
-        _, xy = self._stroke_on_slice(points, coords, s, "scribble", 1)
+        s, xy = self._checked_scribble(points, positive, coords, slice_index)
         return self._prompt("scribble", label, s, {"points": xy.tolist(), "positive": bool(positive)}, name)
 
     def add_lasso(self, label: int, polygon: Any, *, coords: str = "voxel", slice_index: int | None = None,
                   name: str | None = None) -> np.ndarray:
         """As :meth:`Session.add_lasso`: the polygon travels, the server fills it (no image library here)."""
-        from .strokes import polygon_area
-
-        s, xy = self._stroke_on_slice(polygon, coords, slice_index, "lasso", 3)
-        if polygon_area(xy) < 1.0:
-            raise InputError(f"the lasso on slice {s} encloses {polygon_area(xy):.2f} pixels; draw an outline around the object")
+        s, xy = self._checked_lasso(polygon, coords, slice_index)
         return self._prompt("lasso", label, s, {"points": xy.tolist()}, name)
 
     def candidates(self, label: int, slice_index: int) -> MaskCandidates | None:

@@ -280,20 +280,29 @@ class SessionBase:
         check_count(len(arr), kind, minimum)
         return self._to_frame(arr, coords, slice_index)
 
+    def _checked_scribble(self, points: Any, positive: Any, coords: str, slice_index: int | None) -> tuple[int, np.ndarray]:
+        """A scribble checked (see :meth:`add_scribble`): (slice, its vertices as (N, 2) frame x/y)."""
+        if not isinstance(positive, (bool, np.bool_)):
+            raise InputError(f"positive must be True (a positive scribble) or False (a negative one), got {positive!r}")
+        return self._stroke_on_slice(points, coords, slice_index, "scribble", 1)
+
+    def _checked_lasso(self, polygon: Any, coords: str, slice_index: int | None) -> tuple[int, np.ndarray]:
+        """A lasso checked (see :meth:`add_lasso`): (slice, its vertices as (N, 2) frame x/y)."""
+        s, xy = self._stroke_on_slice(polygon, coords, slice_index, "lasso", 3)
+        if polygon_area(xy) < 1.0:
+            raise InputError(f"the lasso on slice {s} encloses {polygon_area(xy):.2f} pixels; draw an outline around the object")
+        return s, xy
+
     def scribble_on_slice(self, points: Any, positive: Any = True, coords: str = "voxel",
                           slice_index: int | None = None) -> tuple[int, np.ndarray, list[int]]:
         """Check a scribble (see :meth:`add_scribble`); returns (slice, sampled (M, 2) frame x/y, labels 0/1)."""
-        if not isinstance(positive, (bool, np.bool_)):
-            raise InputError(f"positive must be True (a positive scribble) or False (a negative one), got {positive!r}")
-        s, xy = self._stroke_on_slice(points, coords, slice_index, "scribble", 1)
+        s, xy = self._checked_scribble(points, positive, coords, slice_index)
         sampled = sample_scribble(xy)
         return s, sampled, [int(bool(positive))] * len(sampled)
 
     def lasso_on_slice(self, polygon: Any, coords: str = "voxel", slice_index: int | None = None) -> tuple[int, np.ndarray]:
         """Check a lasso (see :meth:`add_lasso`); returns (slice, its filled region as a 2D bool frame)."""
-        s, xy = self._stroke_on_slice(polygon, coords, slice_index, "lasso", 3)
-        if polygon_area(xy) < 1.0:
-            raise InputError(f"the lasso on slice {s} encloses {polygon_area(xy):.2f} pixels; draw an outline around the object")
+        s, xy = self._checked_lasso(polygon, coords, slice_index)
         return s, rasterise_polygon(xy, self.axis.frame_shape)
 
     def add_scribble(self, label: int, points: Any, positive: bool = True, *, coords: str = "voxel",
