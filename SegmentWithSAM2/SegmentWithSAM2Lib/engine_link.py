@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -128,8 +127,7 @@ class EngineLink:
         it answers (a blocking wait of up to 2 minutes: Initialize starts it without waiting)."""
         server = self.launch_local_server(settings)
         try:
-            while not server.poll_ready(timeout=1.0):
-                time.sleep(0.05)
+            server.wait_ready(request_timeout=1.0)
         except Exception:
             self.server = None  # stopped by poll_ready: the next call starts a new one
             raise

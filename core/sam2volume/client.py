@@ -626,6 +626,13 @@ class LocalServer:
         self.url, self.ready = url, True
         return True
 
+    def wait_ready(self, request_timeout: float | None = None) -> "LocalServer":
+        """Block until :meth:`poll_ready` says the server answers (it raises if the server exited or is not
+        up in time); each ``/health`` request waits ``request_timeout`` s, default what is left of the start-up time."""
+        while not self.poll_ready(timeout=request_timeout or max(1.0, self._deadline - time.monotonic())):
+            time.sleep(0.05)
+        return self
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -697,9 +704,7 @@ def start_local_server(python: str = sys.executable, *, device: str = "auto", mo
     """
     server = launch_local_server(python, device=device, model=model, engine_args=engine_args, timeout=timeout,
                                  allow_random_weights=allow_random_weights, log_file=log_file, parent_pid=parent_pid)
-    while not server.poll_ready(timeout=max(1.0, server._deadline - time.monotonic())):
-        time.sleep(0.05)
-    return server
+    return server.wait_ready()
 
 
 def launch_local_server(python: str = sys.executable, *, device: str = "auto", model: str | None = None,
