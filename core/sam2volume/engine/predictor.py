@@ -404,13 +404,14 @@ def check_model_tree(node: Any, config_name: str, where: str = "model", resolved
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
-            cls = None
+            cls, arguments = None, frozenset()
             if "_target_" in node:
                 target = node["_target_"]
                 cls = classes.get(target) if isinstance(target, str) else None
                 if cls is None:
                     refuse(f"{where}._target_ {target!r} is not one of SAM2's model classes, so it is not built",
                            "a config may name only these: " + ", ".join(ALLOWED_TARGETS))
+                arguments = constructor_arguments(cls)  # once per node, not once per keyword
             for key, value in node.items():
                 k = str(key)
                 if k != "_target_" and k.startswith("_") and k.endswith("_"):
@@ -418,7 +419,7 @@ def check_model_tree(node: Any, config_name: str, where: str = "model", resolved
                 if cls is not None and k != "_target_":
                     if k in REFUSED_ARGUMENTS:
                         refuse(f"{where}.{k} would load a file while the model is built", "remove it and give the weights as the checkpoint")
-                    if k not in constructor_arguments(cls):
+                    if k not in arguments:
                         refuse(f"{where}.{k} is not an argument of {cls.__name__}", "remove it or correct its spelling")
                 if k != "_target_":
                     walk(value, f"{where}.{k}")
