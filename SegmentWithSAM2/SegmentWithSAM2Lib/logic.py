@@ -290,7 +290,10 @@ class PropagationTask:
         if self.finished:
             return
         try:
-            updates = [u for u in self.controller.updates_from(self.job.poll(timeout=GUI_POLL_TIMEOUT_S)) if u.segment_id in self.visited]
+            # a segment deleted in Slicer while the job runs is skipped; the others are written
+            present = self.segmentationNode.GetSegmentation().GetSegment
+            updates = [u for u in self.controller.updates_from(self.job.poll(timeout=GUI_POLL_TIMEOUT_S))
+                       if u.segment_id in self.visited and present(u.segment_id) is not None]
             for u in updates:
                 self.visited[u.segment_id].add(u.first)
             self.written += self.logic.applyUpdates(updates, self.segmentationNode, self.volumeNode)
@@ -462,6 +465,8 @@ class SegmentWithSAM2Logic:
             self._keys[key] = (settings.session_key(),) + self._keys[key][1:]
             self._serverOf[key] = self.link.server
             self.lastMessage = f"{why}: {len(controller.prompts)} prompt(s) sent to the new engine; propagate again"
+        if controller is not None and not (self.busy and self.task.controller is controller):
+            self._forgetDeletedSegments(controller, segmentationNode)
         if controller is None:
             self._engineStarted(settings)
             from sam2volume.io.readers import guess_modality
@@ -631,12 +636,46 @@ class SegmentWithSAM2Logic:
         c = self._existing(volumeNode, segmentationNode)
         if c is None:
             raise InputError("there is no prompt to undo")
+        if not (self.busy and self.task.controller is c):
+            self._forgetDeletedSegments(c, segmentationNode)  # never undo into a segment deleted in Slicer
         keys = [p.key for p in c.prompts if segmentId is None or p.segment_id == segmentId]
         updates = c.undo_last_prompt(segmentId)
         self.applyUpdates(updates, segmentationNode, volumeNode)
         if keys and keys[-1]:
             self._removeMarkup(keys[-1])
         return updates
+
+    def forgetSegment(self, volumeNode, segmentationNode, segmentId) -> None:
+        """The segment's prompts leave the engine (its object is removed from the session) and the views
+        (their points and strokes); what the segment holds is not touched (:meth:`removeSegment` also
+        deletes it)."""
+        c = self._existing(volumeNode, segmentationNode)
+        if c is not None:
+            if self.busy and self.task.controller is c:
+                raise InputError("a propagation is running; wait for it or press Cancel")
+            self._forget(c, segmentationNode, segmentId)
+        self._written.pop((segmentationNode.GetID(), segmentId), None)
+
+    def removeSegment(self, volumeNode, segmentationNode, segmentId) -> None:
+        """Delete the segment from the segmentation and its object and prompts from the engine."""
+        self.forgetSegment(volumeNode, segmentationNode, segmentId)
+        segmentationNode.GetSegmentation().RemoveSegment(segmentId)
+
+    def _forget(self, c: SegmentationController, segmentationNode, segmentId) -> None:
+        keys = [p.key for p in c.prompts if p.segment_id == segmentId and p.key]
+        c.remove_segment(segmentId)
+        for key in keys:
+            self._removeMarkup(key)
+        self._written.pop((segmentationNode.GetID(), segmentId), None)
+
+    def _forgetDeletedSegments(self, c: SegmentationController, segmentationNode) -> None:
+        """Segments deleted in Slicer (Segment Editor, Segmentations or Data module) since they were prompted:
+        their objects leave the engine, so that no later propagation or undo writes into a missing segment
+        (Slicer refuses that write, which failed the whole propagation, every object's)."""
+        segmentation = segmentationNode.GetSegmentation()
+        for sid in dict.fromkeys([*c.labels, *(p.segment_id for p in c.prompts)]):
+            if segmentation.GetSegment(sid) is None:
+                self._forget(c, segmentationNode, sid)
 
     def _removeMarkup(self, key) -> None:
         """Remove the markup that made a prompt (a point of a list, or a box node)."""
@@ -1039,7 +1078,9 @@ class SegmentWithSAM2Logic:
         a = controller.voxel_axis
         other = tuple(x for x in range(3) if x != a)
         written = 0
-        for sid, new in controller.result_masks(segmentIds).items():
+        segmentation = segmentationNode.GetSegmentation()
+        present = [sid for sid in segmentIds if segmentation.GetSegment(sid) is not None]  # not deleted meanwhile
+        for sid, new in controller.result_masks(present).items():
             candidate = new.any(axis=other)
             if sid in before:
                 candidate |= before[sid].any(axis=other)
