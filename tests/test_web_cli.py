@@ -182,20 +182,23 @@ def test_web_folder_without_dicom_is_one_sentence(tmp_path):
 
 
 def test_upload_route_needs_the_token_and_origin_and_refuses_bad_files(ct_app, tmp_path):
-    """The page's upload (POST /sam2volume-upload) is behind the same token and Origin checks; a file name is a
-    name only (a path in it is not used), a non-volume suffix and a file read_volume refuses get a JSON error
-    naming it, and no temporary file is left."""
+    """The page's upload (POST /sam2volume-upload, a multipart form) is behind the same token and Origin checks; a
+    file name is a name only (a path in it is not used), a non-volume file and a file read_volume refuses get a
+    JSON error naming it, and no temporary file is left."""
     import http.client
     import json
     import tempfile
+
+    from web_upload_data import multipart
 
     port = ct_app.port
     jar = f"sam2volume-web-token-{port}={ct_app.token}"
     before = sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*"))
 
-    def post(body: bytes, name: str, **headers: str):
+    def post(data: bytes, name: str, **headers: str):
+        body, content_type = multipart([(name, data)])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("POST", "/sam2volume-upload", body=body, headers={"X-Sam2volume-Filename": name, **headers})
+        conn.request("POST", "/sam2volume-upload", body=body, headers={"Content-Type": content_type, **headers})
         response = conn.getresponse()
         result = response.status, response.read()
         conn.close()
@@ -205,7 +208,7 @@ def test_upload_route_needs_the_token_and_origin_and_refuses_bad_files(ct_app, t
     assert post(b"x", "a.nii.gz", Cookie=jar, Origin="http://evil.example")[0] == 403
     status, body = post(b"x", "notes.txt", Cookie=jar)
     assert status == 400 and "notes.txt" in json.loads(body)["error"]["message"]
-    status, body = post(b"not a nifti", "..%2F..%2Fetc%2Fbroken.nii.gz", Cookie=jar)
+    status, body = post(b"not a nifti", "../../etc/broken.nii.gz", Cookie=jar)
     error = json.loads(body)["error"]
     assert status == 400 and error["type"] == "InputError" and error["message"].startswith("broken.nii.gz: "), error
     assert sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*")) == before

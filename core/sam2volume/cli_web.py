@@ -10,6 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("web", help="segment in a web browser: slice and 3D views, prompts, propagate, download (extra 'web')")
     p.add_argument("image", help="the volume to segment (any format 3D Slicer reads: NIfTI, NRRD, MHA, ...), or a "
                    "DICOM series' folder (then the page also offers a DICOM-SEG download)")
+    p.add_argument("--series-uid", help="SeriesInstanceUID to read when a DICOM folder holds several series "
+                   "(default: the first; the page's series menu offers the others)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--server", metavar="URL", help="a running engine server (sam2volume serve) instead of a local one")
     p.add_argument("--token-file", help="file holding --server's token (default: the local token file for a loopback URL)")
@@ -49,6 +51,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--port {args.port} is not a port number (0..65535)")
     if not Path(args.image).is_file() and not Path(args.image).is_dir():
         raise InputError(f"image {args.image} is not a file or a folder; give the path of a volume or a DICOM series' folder")
+    if args.series_uid is not None and not Path(args.image).is_dir():
+        raise InputError(f"--series-uid chooses a series of a DICOM folder, but {args.image} is a file; give the folder, "
+                         "or leave --series-uid out")
     if args.server and not args.server.startswith(("http://", "https://")):
         raise InputError(f"--server {args.server} is not an http(s) URL, e.g. http://gpu-host:8765")
     if args.stop_after < 0:
@@ -74,24 +79,38 @@ def page_token(args: argparse.Namespace) -> str | None:
     return secrets.token_urlsafe(32)
 
 
+def read_dicom_choice(folder: str, series_uid: str | None) -> tuple:
+    """The DICOM folder's series (``dicom_series.list_series``) and the one to show: ``series_uid``'s (a UID
+    the folder lacks is a one-sentence error listing those it holds), else the first listed; read by
+    ``read_volume(folder, series_uid=)``."""
+    import warnings
+
+    from .errors import InputError
+    from .io import read_volume
+    from .io.dicom_series import list_series
+
+    with warnings.catch_warnings():  # pydicom's notes while it probes files that are not DICOM
+        warnings.simplefilter("ignore", UserWarning)
+        series = list_series(folder)
+        if not series:
+            raise InputError(f"image {folder} is a folder but not a DICOM series; give a DICOM series' folder or a volume file")
+        if series_uid is not None and series_uid not in {s.uid for s in series}:
+            raise InputError(f"--series-uid {series_uid} is not a series of {folder}, which holds {len(series)}: "
+                             + "; ".join(s.line() for s in series) + "; give one of those UIDs")
+        dicom = read_volume(folder, series_uid=series[0].uid if series_uid is None else series_uid)
+    if not dicom.meta.get("dicom_files"):  # one multi-frame file: a volume, but no series for a DICOM-SEG
+        raise InputError(f"image {folder} is a folder but not a DICOM series; give a DICOM series' folder or a volume file")
+    return dicom, series
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     import os
 
     check_options(args)
     token = page_token(args)  # a bad token file is a user error before anything starts
-    dicom = None
-    if os.path.isdir(args.image):  # a DICOM series, read by sam2volume (its checks: one series, even spacing, ...)
-        import warnings
-
-        from .io import read_volume
-
-        with warnings.catch_warnings():  # pydicom's notes while it probes files that are not DICOM
-            warnings.simplefilter("ignore", UserWarning)
-            dicom = read_volume(args.image)
-        if not dicom.meta.get("dicom_files"):
-            from .errors import InputError
-
-            raise InputError(f"image {args.image} is a folder but not a DICOM series; give a DICOM series' folder or a volume file")
+    dicom, series = None, []
+    if os.path.isdir(args.image):  # a DICOM series, read by sam2volume (its checks: even spacing, ...)
+        dicom, series = read_dicom_choice(args.image, args.series_uid)
     try:
         import trame_slicer  # noqa: F401
     except ImportError as exc:
@@ -122,7 +141,8 @@ def cmd_web(args: argparse.Namespace) -> int:
         link.endpoint(settings)  # start the local engine server now, not at the first click
     server = get_server("sam2volume-web", client_type="vue3")
     app = WebApp(server, args.image, settings, link, multisamples=args.multisamples, host=args.host, token=token,
-                 port=args.port, dicom=dicom, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+                 port=args.port, dicom=dicom, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), series=series,
+                 series_folder=args.image if dicom is not None else None)
     shown = f"http://[{args.host}]:{args.port}/" if ":" in args.host else f"http://{args.host}:{args.port}/"
     if not token:
         print(f"open the page at {shown} (no token: any user of this machine can open it)", flush=True)

@@ -52,11 +52,43 @@ def _scan(folder: Path) -> list[_Header]:
     return headers
 
 
-def _describe(uid: str, items: list[_Header]) -> str:
+def _group(headers: list[_Header]) -> dict[str, list[_Header]]:
+    """The headers by SeriesInstanceUID, in the order their first files sort."""
+    series: dict[str, list[_Header]] = {}
+    for h in headers:
+        series.setdefault(str(h.ds.SeriesInstanceUID), []).append(h)
+    return series
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One series of a DICOM folder as :func:`list_series` and the "holds several series" message describe it."""
+
+    uid: str
+    modality: str
+    files: int
+    description: str
+
+    def line(self) -> str:
+        """``UID  (modality, N files, description)``, as the folder's series are listed in error messages."""
+        shown = self.uid if self.uid.strip() else '""  (blank SeriesInstanceUID: choose it with --series-uid "")'
+        return f"{shown}  ({self.modality}, {self.files} files, {self.description})"
+
+
+def _summary(uid: str, items: list[_Header]) -> SeriesSummary:
     ds = items[0].ds
     desc = str(getattr(ds, "SeriesDescription", "")).strip() or "no description"
-    shown = uid if uid.strip() else '""  (blank SeriesInstanceUID: choose it with --series-uid "")'
-    return f"  {shown}  ({getattr(ds, 'Modality', '?')}, {len(items)} files, {desc})"
+    return SeriesSummary(uid, str(getattr(ds, "Modality", "?")), len(items), desc)
+
+
+def _describe(uid: str, items: list[_Header]) -> str:
+    return "  " + _summary(uid, items).line()
+
+
+def list_series(folder: str | Path) -> list[SeriesSummary]:
+    """The DICOM image series of ``folder`` (its files and sub-folders, as :func:`read_dicom_folder` scans them),
+    in the order ``read_dicom_folder`` lists them; empty when it holds none. Headers only: no pixel is read."""
+    return [_summary(uid, items) for uid, items in _group(_scan(Path(folder))).items()]
 
 
 def check_grey(ds, where: Path) -> None:
@@ -74,9 +106,7 @@ def read_dicom_folder(folder: Path, *, series_uid: str | None = None, allow_unev
     headers = _scan(folder)
     if not headers:
         raise InputError(f"{folder}: the folder holds no DICOM images; point to the folder of one DICOM series")
-    series: dict[str, list[_Header]] = {}
-    for h in headers:
-        series.setdefault(str(h.ds.SeriesInstanceUID), []).append(h)
+    series = _group(headers)
     if series_uid is None:
         if len(series) > 1:
             listing = "\n".join(_describe(uid, items) for uid, items in series.items())

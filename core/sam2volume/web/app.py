@@ -21,6 +21,7 @@ import numpy as np
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
 
 from ..windowing import CT_PRESETS
+from .uploads import ACCEPTED, MAX_FILES
 from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, box_corners, curve_points, describe_error,
                                       slice_node_for_point)
 
@@ -34,14 +35,28 @@ SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 OBJECT_COLOURS = (SEGMENT_COLOUR, (0.1, 0.85, 0.95), (1.0, 0.6, 0.1), (0.25, 0.4, 1.0), (0.95, 0.9, 0.1),
                   (0.6, 0.3, 0.9), (0.65, 0.4, 0.2))
 MAX_OBJECTS = 32
-UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file volume formats the page may upload
 UPLOAD_PATH = "/sam2volume-upload"
+# the chosen files (several: a DICOM series, a .nhdr/.mhd and its data file; or one .zip) POSTed as one
+# multipart form, its progress shown in #upload-progress (the server's status line says the rest)
 UPLOAD_SCRIPT = """document.addEventListener('change', (e) => {
   if (e.target.id !== 'upload-file' || !e.target.files.length) return;
-  const file = e.target.files[0];
+  const files = Array.from(e.target.files);
   e.target.value = '';
-  fetch('sam2volume-upload', {method: 'POST', body: file, credentials: 'same-origin',
-         headers: {'Content-Type': 'application/octet-stream', 'X-Sam2volume-Filename': encodeURIComponent(file.name)}});
+  const form = new FormData();
+  for (const f of files) form.append('file', f, f.name);
+  const total = files.reduce((n, f) => n + f.size, 0);
+  const mb = (n) => (n / 1048576).toFixed(1);
+  const show = (text) => { const el = document.getElementById('upload-progress'); if (el) el.textContent = text; };
+  const xhr = new XMLHttpRequest();
+  xhr.open('POST', 'sam2volume-upload');
+  xhr.upload.onprogress = (ev) => {
+    const of = ev.lengthComputable ? ev.total : total;
+    show('upload ' + Math.floor(100 * ev.loaded / Math.max(1, of)) + ' % (' + mb(ev.loaded) + ' of ' + mb(of) + ' MB)');
+  };
+  xhr.upload.onload = () => show('upload 100 % (' + mb(total) + ' MB sent)');
+  xhr.onerror = () => show('upload broken off (' + files.length + ' files)');
+  show('upload 0 % (0.0 of ' + mb(total) + ' MB)');
+  xhr.send(form);
 });"""
 POLL_S = 0.5  # longest a propagation's long poll waits on the worker thread for new slices
 
@@ -84,7 +99,8 @@ class WebApp:
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
                  multisamples: int = 0, host: str = "127.0.0.1", token: str | None = None, port: int = 0,
-                 dicom: Any = None, max_upload_bytes: int = 1024 << 20):
+                 dicom: Any = None, max_upload_bytes: int = 1024 << 20, series: list | None = None,
+                 series_folder: str | os.PathLike[str] | None = None):
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -110,8 +126,20 @@ class WebApp:
             # trame-slicer asks for 8x multisampling: click-to-picture 540-600 ms here, 210-250 ms without
             view.render_window().SetMultiSamples(int(multisamples))
         self.dicom = dicom  # the sam2volume Volume read from a DICOM series (the DICOM-SEG's reference), or None
+        self._dicom_headers = None  # an upload's series: its files' headers (the files are gone), else None
         self.state.from_dicom = dicom is not None
+        self._loading = False  # an upload or another series being read
+        # the DICOM series the series menu offers: the command line's folder's, read when chosen
+        self._series_read = None
+        if series_folder is not None:
+            from .. import read_volume
+
+            folder = Path(series_folder)
+            self._series_read = lambda uid: (read_volume(folder, series_uid=uid), None)
+        self._publish_series(series or [], dicom.meta.get("series_uid", "") if dicom is not None else "")
         self.volume = self._load(image)
+        if len(series or []) > 1:
+            self.state.status = self._series_note(self._shown_series)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
         self._colour_segment()
         self._publish_objects()
@@ -139,6 +167,8 @@ class WebApp:
         s.scribble_sign = "+"  # a scribble's points: positive (+) or negative (-)
         s.change("tool")(self._on_tool)
         s.change("scribble_sign")(lambda **_: self._on_tool(self.state.tool))
+        s.series, s.current_series = [], ""  # the DICOM series of the folder (or upload) shown: uid, label
+        s.change("current_series")(self._on_series)
         s.change("current_object")(self._on_current_object)
         s.change("display_window")(self._on_display_window)
 
@@ -195,9 +225,14 @@ class WebApp:
                         v.VBtn("Finish stroke", id="finish-stroke", click=self.ctrl.finish_stroke, size="x-small", classes="mx-1",
                                title="send the scribble or lasso drawn (one click per vertex) as one prompt")
                         html.Span("volume", classes="ml-2 mr-1 text-caption")
-                        html.Input(type="file", id="upload-file", accept=",".join(UPLOAD_SUFFIXES) + ",.gz",
-                                   title=f"upload a volume file ({', '.join(UPLOAD_SUFFIXES)}; at most {self.max_upload_bytes / 2**20:g} MB)",
+                        html.Input(type="file", id="upload-file", multiple=True,
+                                   title=f"upload {ACCEPTED} (at most {self.max_upload_bytes / 2**20:g} MB, {MAX_FILES} files)",
                                    style="max-width: 190px; font-size: 12px;", disabled=("busy",))
+                        html.Span("", id="upload-progress", classes="mx-1 text-caption", style="font-family: monospace;")
+                        with html.Select(v_model=("current_series",), id="series", v_if=("series.length > 1",),
+                                         title="the DICOM series shown (the folder holds several)", disabled=("busy",),
+                                         style="border: 1px solid #999; padding: 0 4px; max-width: 320px; font-size: 12px;"):
+                            html.Option("{{ s.label }}", v_for="s in series", value=("s.uid",), key="s.uid")
                         html.Div("{{ status }}", id="status", style="padding: 2px 8px; font-family: monospace;")
                     # a fixed height: a new prompt line must not move or resize the views under the pointer
                     with html.Div(id="prompts", style="padding: 0 8px; font-family: monospace; font-size: 12px; "
@@ -537,67 +572,136 @@ class WebApp:
 
     # ------------------------------------------------------------ upload
     async def upload(self, request: Any) -> Any:
-        """A volume file POSTed by the page (aiohttp handler, behind the Host/Origin and token guards): streamed
-        into a private temporary file, at most ``max_upload_bytes`` (else refused, nothing kept), read by
-        sam2volume's ``read_volume`` (its header checks), the file removed; then the page's volume."""
-        from urllib.parse import unquote
-
+        """Files POSTed by the page as one multipart form (aiohttp handler, behind the Host/Origin and token
+        guards): a volume file, a .nhdr/.mhd with its data file, a DICOM series' files, or one .zip of those.
+        Streamed into a private temporary folder under safe names (``uploads.receive``: at most
+        ``max_upload_bytes`` and ``MAX_FILES`` files; a .zip's members checked by ``uploads.extract_zip``), read
+        by sam2volume's ``read_volume`` off the event loop, the folder removed whatever happens; then the page's
+        volume (several DICOM series: the series menu, the first shown). Refused: a JSON error, the reason in the
+        page's status, the current volume kept."""
         from aiohttp import web
+
+        from . import uploads
 
         def refuse(status: int, kind: str, message: str) -> Any:
             with self.state:
                 self.state.status = f"no volume uploaded: {message}"
             return web.json_response({"error": {"type": kind, "message": message}}, status=status)
 
-        name = Path(unquote(request.headers.get("X-Sam2volume-Filename", ""))).name  # a name only, never a path
-        suffix = next((x for x in UPLOAD_SUFFIXES if name.lower().endswith(x)), None)
         cap = self.max_upload_bytes
         if cap <= 0:
             return refuse(403, "LimitError", "uploads are off (sam2volume web --max-upload-mb 0)")
-        if suffix is None:
-            return refuse(400, "InputError", f"{name!r} is not a {', '.join(UPLOAD_SUFFIXES)} file; upload one of those")
         if self.logic.busy:
             return refuse(409, "BusyError", "a propagation is running; wait for it or press Cancel")
-        too_big = (f"{name} is larger than the {cap / 2**20:g} MB limit; start sam2volume web with a larger "
-                   "--max-upload-mb, or give the file on the command line")
-        if request.content_length is not None and request.content_length > cap:
-            return refuse(413, "LimitError", too_big)
-        fd, tmp = tempfile.mkstemp(prefix="sam2volume-web-upload-", suffix=suffix)  # mode 0600
+        if self._loading:
+            return refuse(409, "BusyError", "another volume is being read; wait for it")
+        self._loading = True
         try:
-            size = 0
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in request.content.iter_chunked(1 << 20):
-                    size += len(chunk)
-                    if size > cap:
-                        return refuse(413, "LimitError", too_big)
-                    out.write(chunk)
-            from .. import read_volume
-
-            try:
-                vol = await asyncio.get_running_loop().run_in_executor(None, read_volume, tmp)
-            except Exception as exc:  # noqa: BLE001 - the reader's own sentence, shown in the page
-                return refuse(400, "InputError", f"{name}: {describe_error(exc)}")
+            with uploads.upload_folder() as folder:
+                received = folder / "received"
+                received.mkdir(mode=0o700)
+                names, size = await uploads.receive(request, received, cap)
+                root, name = received, names[0] if len(names) == 1 else f"{len(names)} files"
+                if len(names) == 1 and names[0].lower().endswith(".zip"):
+                    root = folder / "unpacked"
+                    uploads.extract_zip(received / names[0], root, cap)
+                    (received / names[0]).unlink()
+                elif any(n.lower().endswith(".zip") for n in names):
+                    raise uploads.UploadError(400, "InputError", "a .zip must be uploaded alone; choose the .zip only, "
+                                              "or the files themselves")
+                with self.state:
+                    self.state.status = f"reading the uploaded volume ({name}, {size / 2**20:.1f} MB) ..."
+                got = await asyncio.get_running_loop().run_in_executor(None, uploads.read_upload, root, name)
+        except uploads.UploadError as exc:
+            return refuse(exc.status, exc.kind, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a broken connection, a full disk: said in the page
+            return refuse(400, "InputError", f"the upload broke off ({describe_error(exc)}); try again")
         finally:
-            os.unlink(tmp)
+            self._loading = False
         with self.state:
             try:
-                self.replace_volume(vol, name)
+                first = next((s.uid for s in got.series if not isinstance(got.read[s.uid], str)), None)
+                vol, headers = got.read[first] if first is not None else (got.volume, None)
+                self.replace_volume(vol, name, dicom=vol if headers else None, dicom_headers=headers or None)
             except Exception as exc:  # noqa: BLE001
                 self.state.status = f"no volume uploaded: {describe_error(exc)}"
                 return web.json_response({"error": {"type": "InputError", "message": describe_error(exc)}}, status=400)
-            self.state.status = f"uploaded {name} ({size / 2**20:.1f} MB): choose a tool and click in a slice view"
-        return web.json_response({"volume": name, "shape": list(vol.shape)})
+            self._series_read = (lambda uid, read=got.read: _held_series(read, uid)) if got.series else None
+            self._publish_series(got.series, first or "", "upload")
+            if len(got.series) > 1:
+                self.state.status = f"uploaded {name} ({size / 2**20:.1f} MB): " + self._series_note(first)
+            else:
+                self.state.status = f"uploaded {name} ({size / 2**20:.1f} MB): choose a tool and click in a slice view"
+        return web.json_response({"volume": name, "shape": list(vol.shape), "series": [s.uid for s in got.series]})
 
-    def replace_volume(self, vol: Any, name: str) -> None:
-        """The page's volume becomes ``vol`` (a sam2volume Volume): the old one's prompts, objects and nodes go."""
+    # ------------------------------------------------------------ DICOM series menu
+    def _publish_series(self, series: list, shown: str, where: str = "folder") -> None:
+        """The series menu's entries (``dicom_series.SeriesSummary``: UID, modality, files, description; never
+        a path), the one shown and what holds them ("folder", "upload")."""
+        self._series, self._series_where = list(series), where
+        self.state.series = [{"uid": s.uid, "label": s.line()} for s in self._series]
+        self._shown_series = shown
+        self.state.current_series = shown
+
+    def _series_note(self, shown: str) -> str:
+        """The status line saying that the folder holds several series, which one is shown, and where to choose."""
+        summary = next((s for s in self._series if s.uid == shown), None)
+        return (f"the {self._series_where} holds {len(self._series)} DICOM series; shown: {summary.line() if summary else shown}; "
+                "choose another in the series menu")
+
+    def _on_series(self, current_series: str, **_: Any) -> None:
+        """Another series chosen in the menu: read it (off the event loop) and show it as an upload would
+        (prompts and objects reset; its DICOM-SEG references it). Refused while busy: the menu goes back."""
+        uid = str(current_series if current_series is not None else "")
+        if self._series_read is None or uid == self._shown_series or uid not in {s.uid for s in self._series}:
+            return
+        shown = self._shown_series
+
+        def back(message: str) -> None:
+            self.state.current_series = shown
+            self.state.status = f"series {uid or '(blank UID)'} not shown: {message}"
+
+        if self.logic.busy or self._loading:
+            back("a propagation or an upload is running; wait for it (or press Cancel)")
+            return
+        self._loading = True
+        self.state.status = f"reading series {uid or '(blank UID)'} ..."
+        read = self._series_read
+
+        async def run():
+            try:
+                try:
+                    vol, headers = await asyncio.get_running_loop().run_in_executor(None, read, uid)
+                except Exception as exc:  # noqa: BLE001 - the reader's sentence
+                    with self.state:
+                        back(describe_error(exc))
+                    return
+                with self.state:
+                    try:
+                        self.replace_volume(vol, self.state.volume_name or "dicom", dicom=vol, dicom_headers=headers)
+                    except Exception as exc:  # noqa: BLE001
+                        back(describe_error(exc))
+                        return
+                    self._shown_series = uid
+                    self.state.current_series = uid
+                    self.state.status = self._series_note(uid) + "; prompts and objects were reset"
+            finally:
+                self._loading = False
+
+        _create_task(run())
+
+    def replace_volume(self, vol: Any, name: str, *, dicom: Any = None, dicom_headers: list | None = None) -> None:
+        """The page's volume becomes ``vol`` (a sam2volume Volume): the old one's prompts, objects and nodes go.
+        ``dicom``: the DICOM-SEG's reference (a volume read from a DICOM series), ``dicom_headers`` its files'
+        headers when the files themselves are gone (an upload)."""
         if self.logic.busy:
             raise RuntimeError("a propagation is running; wait for it or press Cancel")
         self._generation += 1  # answers to prompts on the old volume are dropped
         self.logic.reset(self.volume, self.segmentation)
         scene = self.slicer_app.scene
         old_volume, old_segmentation = self.volume, self.segmentation
-        self.dicom, self.state.from_dicom = None, False
         self.volume = self._load(name, read=vol)
+        self.dicom, self._dicom_headers, self.state.from_dicom = dicom, dicom_headers, dicom is not None
         scene.RemoveNode(old_segmentation)
         scene.RemoveNode(old_volume)
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume)
@@ -640,15 +744,17 @@ class WebApp:
         """The objects as a DICOM-SEG (sam2volume's highdicom writer) referencing the DICOM series the volume
         was read from; None, with a message in the page, for any other volume or an error."""
         from ..io.writers import write_labelmap
+        from .uploads import dicom_reference
 
         if self.dicom is None:
             self.no_dicom()
             return None
         try:
             labelmap, segments = self._labelmap()
-            with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder:
+            with tempfile.TemporaryDirectory(prefix="sam2volume-web-") as folder, \
+                    dicom_reference(self.dicom, self._dicom_headers) as reference:
                 path = Path(folder) / "segmentation.dcm"
-                write_labelmap(labelmap, path, segments=segments, reference=self.dicom)
+                write_labelmap(labelmap, path, segments=segments, reference=reference)
                 return self.server.protocol.addAttachment(path.read_bytes())
         except Exception as exc:  # noqa: BLE001 - shown in the page
             self.state.status = f"no DICOM-SEG: {describe_error(exc)}"
@@ -656,7 +762,7 @@ class WebApp:
 
     def no_dicom(self) -> None:
         self.state.status = ("no DICOM-SEG: the volume was not read from a DICOM series (start sam2volume web with the "
-                             "series' folder); download .seg.nrrd or NIfTI instead")
+                             "series' folder, or upload the series' files); download .seg.nrrd or NIfTI instead")
 
     def _labelmap(self):
         """The objects as one labelmap Volume on the volume's grid (object N: label N) and their segments."""
@@ -758,3 +864,13 @@ def _create_task(coro) -> None:
     from trame_server.utils.asynchronous import create_task
 
     create_task(coro)
+
+
+def _held_series(read: dict, uid: str) -> tuple:
+    """An uploaded series kept in memory (``uploads.Uploaded.read``): (Volume, headers), or its reason raised."""
+    from ..errors import InputError
+
+    got = read[uid]
+    if isinstance(got, str):
+        raise InputError(got)
+    return got
