@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'segment-with-sam2[web]')")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'web')")
-from web_helpers import CHROMIUM, STEP_S, click_voxel, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
+from web_helpers import CHROMIUM, STEP_S, add_object, click_voxel, engine_pids, open_page, pixel_of, ras_of, reset, shown_index, state, view_box, wait, web_app  # noqa: E402
 
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
@@ -324,17 +324,6 @@ def test_sam2_random_weights_click_and_propagate_equal_sam2volume(browser, total
     assert np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
 
 
-def _add_object(page, name: str) -> str:
-    """Add an object in the page by name; its segment id (the page makes it the current one)."""
-    n = len(state(page, "objects"))
-    page.fill("#object-name", name)
-    page.click("#add-object")
-    wait(lambda: len(state(page, "objects")) == n + 1, STEP_S, f"object {name}")
-    added = state(page, "objects")[-1]
-    assert added["name"] == name and state(page, "current_object") == added["id"]
-    return added["id"]
-
-
 def test_two_named_objects_propagated_equal_sam2volume(page, ct, totalseg, tmp_path):
     """Two objects added by name get their own colours; the object chosen in the page gets the click;
     Propagate propagates both; the downloaded .seg.nrrd holds both, named, equal to sam2volume's result."""
@@ -346,7 +335,7 @@ def test_two_named_objects_propagated_equal_sam2volume(page, ct, totalseg, tmp_p
     spleen = ndimage.distance_transform_edt(np.asarray(read_labelmap(totalseg / "example_seg.nii.gz").array)[:, :, k] == 1)
     spleen_voxel = (*np.unravel_index(int(np.argmax(spleen)), spleen.shape), k)  # deepest inside the spleen (label 1)
     assert spleen.max() > 3
-    liver_id, spleen_id = _add_object(page, "liver"), _add_object(page, "spleen")
+    liver_id, spleen_id = add_object(page, "liver"), add_object(page, "spleen")
     colours = {o["id"]: o["colour"] for o in state(page, "objects")}
     assert len(set(colours.values())) == 3  # the first (empty) object's, liver's, spleen's
     page.select_option("#object", liver_id)  # prompts go to the chosen object

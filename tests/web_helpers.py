@@ -162,3 +162,14 @@ def click_voxel(page: Any, vol: Any, orientation: str, ijk: Any, tool: str = "po
     n = len(state(page, "prompt_points"))
     page.mouse.click(*pixel_of(view, box, ras_of(vol, ijk)))
     wait(lambda: len(state(page, "prompt_points")) > n or "not used" in page.inner_text("#status"), STEP_S, "the prompt")
+
+
+def add_object(page: Any, name: str) -> str:
+    """Add an object in the page by name; its segment id (the page makes it the current one)."""
+    n = len(state(page, "objects"))
+    page.fill("#object-name", name)
+    page.click("#add-object")
+    wait(lambda: len(state(page, "objects")) == n + 1, STEP_S, f"object {name}")
+    added = state(page, "objects")[-1]
+    assert added["name"] == name and state(page, "current_object") == added["id"]
+    return added["id"]

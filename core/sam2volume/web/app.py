@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ log = logging.getLogger("sam2volume.web")
 
 TOOLS = ("view", "positive", "negative", "box", "scribble", "lasso")
 STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex, sent by "Finish stroke"
+# ... or ended as 3D Slicer ends markups placement: a right-click, or a double-click. trame-rca forwards no
+# double-click (two press/release pairs, repeat count 0), so a second left press this near the last one, in
+# place and in time, is taken for one; the time is the app's (the events carry none): network and rendering
+# stretch the browser's gap (84 ms for a Chromium double-click here), so it is longer than a desktop's 400-500 ms
+DOUBLE_CLICK_PX = 4
+DOUBLE_CLICK_S = 0.8
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 # the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
@@ -144,6 +151,7 @@ class WebApp:
         self._colour_segment()
         self._publish_objects()
         self._observe_prompt_nodes()
+        self._observe_stroke_ends()
         self._publish_views()
 
     # ------------------------------------------------------------ set-up
@@ -163,6 +171,7 @@ class WebApp:
         s.objects = []  # the segments prompts may go to: id, name, colour (#rrggbb)
         s.current_object = ""
         s.new_object_name = ""
+        s.object_colour = "#ff40ff"  # the chosen object's colour (the colour picker)
         s.volume_name = ""
         s.scribble_sign = "+"  # a scribble's points: positive (+) or negative (-)
         s.change("tool")(self._on_tool)
@@ -170,6 +179,7 @@ class WebApp:
         s.series, s.current_series = [], ""  # the DICOM series of the folder (or upload) shown: uid, label
         s.change("current_series")(self._on_series)
         s.change("current_object")(self._on_current_object)
+        s.change("object_colour")(self._on_object_colour)
         s.change("display_window")(self._on_display_window)
 
     def _build_ui(self) -> None:
@@ -192,29 +202,40 @@ class WebApp:
                                               ("Undo", "undo", "busy"), ("Reset", "reset", None)):
                     v.VBtn(label, click=getattr(self.ctrl, name), disabled=(disabled,) if disabled else False, id=name,
                            size="small", classes="mx-1")
-                v.VBtn(".seg.nrrd", id="download", size="small", classes="mx-1", title="download the segmentation (Slicer's .seg.nrrd)",
-                       click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
-                v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_if=("from_dicom",),
-                       title="download the objects as a DICOM-SEG referencing the DICOM series",
-                       click="utils.download('segmentation.dcm', trigger('download_dicom'), 'application/dicom')")
-                v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_else=True, click=self.ctrl.no_dicom,
-                       title="a DICOM-SEG needs a volume read from a DICOM series")
-                v.VBtn("NIfTI", id="download-nifti", size="small", classes="mx-1", title="download the segment as a NIfTI labelmap",
-                       click="utils.download('segmentation.nii.gz', trigger('download_nifti'), 'application/octet-stream')")
-                html.Input(v_model=("new_object_name",), id="object-name", placeholder="new object", maxlength=64,
-                           style="border: 1px solid #999; padding: 0 4px; width: 90px;")
-                v.VBtn("Add", id="add-object", size="small", classes="mx-1", click=self.ctrl.add_object, disabled=("busy",),
-                       title="add an object (segment) with this name; prompts then go to it")
-                with html.Select(v_model=("current_object",), id="object", title="the object prompts go to",
-                                 style="border: 1px solid #999; padding: 0 4px;"):
-                    html.Option("{{ o.name }}", v_for="o in objects", value=("o.id",), key="o.id",
-                                style=("{color: o.colour}",))
                 html.Span("Window", classes="ml-2 mr-1 text-caption")
                 with html.Select(v_model=("display_window",), id="display-window", style="border: 1px solid #999; padding: 0 4px;"):
                     html.Option("{{ w }}", v_for="w in display_windows", value=("w",), key="w")
                 v.VProgressLinear(model_value=("progress",), id="progress", style="max-width: 160px", height=8, classes="mx-2")
             with layout.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
+                    with html.Div(style="display: flex; align-items: center; flex: 0 0 auto;"):
+                        # the objects: which one prompts go to, its colour, name, add, rename, remove
+                        html.Span("object", classes="ml-2 mr-1 text-caption")
+                        html.Input(v_model=("new_object_name",), id="object-name", placeholder="new object", maxlength=64,
+                                   style="border: 1px solid #999; padding: 0 4px; width: 90px;")
+                        v.VBtn("Add", id="add-object", size="small", classes="mx-1", click=self.ctrl.add_object, disabled=("busy",),
+                               title="add an object (segment) with this name; prompts then go to it")
+                        with html.Select(v_model=("current_object",), id="object", title="the object prompts go to",
+                                         style="border: 1px solid #999; padding: 0 4px;"):
+                            html.Option("{{ o.name }}", v_for="o in objects", value=("o.id",), key="o.id",
+                                        style=("{color: o.colour}",))
+                        html.Input(type="color", v_model=("object_colour",), id="object-colour", title="the chosen object's colour",
+                                   style="width: 28px; height: 24px; margin-left: 4px;")
+                        v.VBtn("Rename", id="rename-object", size="small", classes="mx-1", click=self.ctrl.rename_object,
+                               title="give the chosen object the name typed in the name field")
+                        v.VBtn("Remove", id="remove-object", size="small", classes="mx-1", disabled=("busy",),
+                               title="remove the chosen object: its segment and its prompts",
+                               click="utils.get('window').confirm('Remove the chosen object, its segment and its prompts?') && trigger('remove_object')")
+                        html.Span("download", classes="ml-4 mr-1 text-caption")
+                        v.VBtn(".seg.nrrd", id="download", size="small", classes="mx-1", title="download the segmentation (Slicer's .seg.nrrd)",
+                               click="utils.download('segmentation.seg.nrrd', trigger('download_segmentation'), 'application/octet-stream')")
+                        v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_if=("from_dicom",),
+                               title="download the objects as a DICOM-SEG referencing the DICOM series",
+                               click="utils.download('segmentation.dcm', trigger('download_dicom'), 'application/dicom')")
+                        v.VBtn("DICOM-SEG", id="download-dicom", size="small", classes="mx-1", v_else=True, click=self.ctrl.no_dicom,
+                               title="a DICOM-SEG needs a volume read from a DICOM series")
+                        v.VBtn("NIfTI", id="download-nifti", size="small", classes="mx-1", title="download the segment as a NIfTI labelmap",
+                               click="utils.download('segmentation.nii.gz', trigger('download_nifti'), 'application/octet-stream')")
                     with html.Div(style="display: flex; align-items: center; flex: 0 0 auto;"):
                         # the stroke controls (the toolbar is full at 1200 px)
                         html.Span("scribble", classes="ml-2 mr-1 text-caption")
@@ -246,6 +267,8 @@ class WebApp:
         self.ctrl.undo.add(self.undo)
         self.ctrl.reset.add(self.reset)
         self.ctrl.add_object.add(self.add_object)
+        self.ctrl.rename_object.add(self.rename_object)
+        self.ctrl.trigger("remove_object")(self.remove_object)
         self.ctrl.trigger("download_segmentation")(self.download)
         self.ctrl.trigger("download_nifti")(self.download_nifti)
         self.ctrl.trigger("download_dicom")(self.download_dicom)
@@ -283,11 +306,14 @@ class WebApp:
         return volume
 
     def _colour_segment(self) -> None:
-        """The segment in its object's colour (the first SEGMENT_COLOUR; unlike the green + and red -
-        points), filled in the slice views."""
+        """The new segment in the first of OBJECT_COLOURS no other object has (SEGMENT_COLOUR first; unlike the
+        green + and red - points), filled in the slice views."""
         segmentation = self.segmentation.GetSegmentation()
+        used = {_hex(segmentation.GetNthSegment(i).GetColor()) for i in range(segmentation.GetNumberOfSegments())
+                if segmentation.GetNthSegmentID(i) != self.segment_id}
+        free = [c for c in OBJECT_COLOURS if _hex(c) not in used]
         n = segmentation.GetNumberOfSegments() - 1
-        segmentation.GetSegment(self.segment_id).SetColor(*OBJECT_COLOURS[n % len(OBJECT_COLOURS)])
+        segmentation.GetSegment(self.segment_id).SetColor(*(free[0] if free else OBJECT_COLOURS[n % len(OBJECT_COLOURS)]))
         self.segmentation.GetDisplayNode().SetVisibility2DFill(True)
 
     def _publish_objects(self) -> None:
@@ -295,13 +321,24 @@ class WebApp:
         objects = []
         for i in range(segmentation.GetNumberOfSegments()):
             segment = segmentation.GetNthSegment(i)
-            colour = "#" + "".join(f"{round(255 * c):02x}" for c in segment.GetColor())
-            objects.append({"id": segmentation.GetNthSegmentID(i), "name": segment.GetName(), "colour": colour})
+            objects.append({"id": segmentation.GetNthSegmentID(i), "name": segment.GetName(), "colour": _hex(segment.GetColor())})
         self.state.objects, self.state.current_object = objects, self.segment_id
+        self.state.object_colour = next((o["colour"] for o in objects if o["id"] == self.segment_id), "#ff40ff")
 
     def _on_current_object(self, current_object: str, **_: Any) -> None:
-        if current_object and self.segmentation.GetSegmentation().GetSegment(current_object) is not None:
+        segment = self.segmentation.GetSegmentation().GetSegment(current_object) if current_object else None
+        if segment is not None:
             self.segment_id = current_object
+            self.state.object_colour = _hex(segment.GetColor())
+
+    def _name_problem(self, name: str, segment_id: str | None = None) -> str | None:
+        """Why ``name`` cannot name an object (``segment_id``'s own name is free for it), else None."""
+        if not name.isprintable() or len(name) > 64:
+            return f"the name {name[:64]!r} must be one printable line of at most 64 characters"
+        owner = self.segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if owner and owner != segment_id:
+            return f"an object is already named {name!r}; give another name"
+        return None
 
     def add_object(self) -> None:
         """A new object (segment) named from the page; prompts go to it from now on."""
@@ -311,18 +348,68 @@ class WebApp:
         if n >= MAX_OBJECTS:
             self.state.status = f"no object added: at most {MAX_OBJECTS} objects in one page"
             return
-        name = name or f"object {n + 1}"
-        if not name.isprintable() or len(name) > 64:
-            self.state.status = f"no object added: the name {name[:64]!r} must be one printable line of at most 64 characters"
-            return
-        if segmentation.GetSegmentIdBySegmentName(name):
-            self.state.status = f"no object added: an object is already named {name!r}; give another name"
+        name = name or next(f"object {m}" for m in range(n + 1, n + MAX_OBJECTS + 2)
+                            if not segmentation.GetSegmentIdBySegmentName(f"object {m}"))
+        problem = self._name_problem(name)
+        if problem:
+            self.state.status = f"no object added: {problem}"
             return
         self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation, segmentName=name)
         self._colour_segment()
         self._publish_objects()
         self.state.new_object_name = ""
         self.state.status = f"object {name!r} added: prompts now go to it"
+
+    def rename_object(self) -> None:
+        """The chosen object takes the name field's text (its prompts and slices stay)."""
+        name = " ".join(str(self.state.new_object_name or "").split())
+        segment = self.segmentation.GetSegmentation().GetSegment(self.segment_id)
+        if not name:
+            self.state.status = f"not renamed: type the new name of {segment.GetName()!r} in the name field first"
+            return
+        problem = self._name_problem(name, self.segment_id)
+        if problem:
+            self.state.status = f"not renamed: {problem}"
+            return
+        old = segment.GetName()
+        segment.SetName(name)
+        self._publish_objects()
+        self._relist_prompts()
+        self.state.new_object_name = ""
+        self.state.status = f"object {old!r} renamed {name!r}"
+
+    def remove_object(self) -> None:
+        """The chosen object goes: its segment, its prompts (from the engine and the views); the first
+        object left is chosen, or a new empty one when none is left."""
+        if self.logic.busy:
+            self.state.status = "nothing removed: a propagation is running; wait for it or press Cancel"
+            return
+        segmentation = self.segmentation.GetSegmentation()
+        name = segmentation.GetSegment(self.segment_id).GetName()
+        try:
+            self.logic.removeSegment(self.volume, self.segmentation, self.segment_id)
+        except Exception as exc:  # noqa: BLE001 - shown in the page
+            self.state.status = f"nothing removed: {describe_error(exc)}"
+            return
+        if segmentation.GetNumberOfSegments():
+            self.segment_id = segmentation.GetNthSegmentID(0)
+        else:
+            self.segmentation, self.segment_id = self.logic.prepareSegmentation(self.volume, self.segmentation)
+            self._colour_segment()
+        self._publish_objects()
+        self._relist_prompts()
+        self.state.status = f"object {name!r} removed with its prompts"
+
+    def _on_object_colour(self, object_colour: str, **_: Any) -> None:
+        """The colour picker's #rrggbb becomes the chosen object's colour (in the views and the downloads)."""
+        segment = self.segmentation.GetSegmentation().GetSegment(self.segment_id) if getattr(self, "segmentation", None) else None
+        text = str(object_colour or "")
+        if segment is None or len(text) != 7 or text[0] != "#" or any(c not in "0123456789abcdefABCDEF" for c in text[1:]):
+            return
+        rgb = tuple(int(text[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        if _hex(segment.GetColor()) != text.lower():
+            segment.SetColor(*rgb)
+            self._publish_objects()
 
     def _on_display_window(self, display_window: str, volume_display: Any = None, **_: Any) -> None:
         """The slice views' intensity window: a CT preset (width, level as sam2volume's windowing) or
@@ -400,7 +487,12 @@ class WebApp:
         if not len(points):
             self.state.status = f"no {tool} to finish: click its vertices in a slice view first"
             return
-        self.slicer_app.markups_logic.disable_place_mode()  # the next clicks go to the next stroke's node
+        self._last_press = None  # a click right after this starts the next stroke, never a double-click
+        self._ending_placement = True  # this end is the app's own: not a right-click / double-click to send
+        try:
+            self.slicer_app.markups_logic.disable_place_mode()  # the next clicks go to the next stroke's node
+        finally:
+            self._ending_placement = False
         if self.logic.busy:
             self._refuse(tool, node, "a propagation is running; wait for it or press Cancel")
             self._on_tool(self.state.tool)
@@ -415,6 +507,78 @@ class WebApp:
             def send(c, s2r, w2l):
                 return c.add_scribble(segment_id, points, positive, s2r, w2l, key=key)
         self._prompt(tool, node, send, self.view_of(points[0]))
+
+    def _observe_stroke_ends(self) -> None:
+        """A stroke also ends as 3D Slicer's markups placement ends (vtkSlicerMarkupsWidget in its place state):
+        on a right button release, or on a left double-click; Slicer's widget then leaves place mode and the
+        interaction node sends EndPlacementEvent, and the stroke drawn is sent as Finish stroke sends it.
+        The right button reaches the views through trame-rca; a double-click does not (see DOUBLE_CLICK_S), so
+        it is recognised here and handed to Slicer's widget as the LeftButtonDoubleClickEvent Qt would give:
+        the double-click's first click places the last vertex (as in Slicer), its second click places nothing."""
+        import slicer
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self._last_press = None  # (interactor, event position, time) of the last left press in a slice view
+        self._swallow_release = None  # the interactor whose next left release is a double-click's own
+        self._ending_placement = False
+        for view in self.slicer_app.view_manager.get_slice_views():
+            iren, tags = view.interactor(), {}
+            # before the views' own observers (Slicer's interactor style: priority 0; view_of's: 10)
+            tags["press"] = iren.AddObserver(vtkCommand.LeftButtonPressEvent, lambda i, _e, t=tags: self._on_left_press(
+                i, i.GetCommand(t["press"])), 20.0)
+            tags["release"] = iren.AddObserver(vtkCommand.LeftButtonReleaseEvent, lambda i, _e, t=tags: self._on_left_release(
+                i, i.GetCommand(t["release"])), 20.0)
+        interaction = self.slicer_app.markups_logic.interaction_node
+        interaction.AddObserver(slicer.vtkMRMLInteractionNode.EndPlacementEvent, lambda *_: self._on_end_placement())
+
+    def _placing_stroke(self) -> bool:
+        import slicer
+
+        mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
+        return self.state.tool in STROKES and mode == slicer.vtkMRMLInteractionNode.Place
+
+    def _on_left_press(self, iren: Any, command: Any) -> None:
+        now, position = time.monotonic(), iren.GetEventPosition()
+        last, self._last_press = self._last_press, (iren, position, now)
+        if (last is None or last[0] is not iren or not self._placing_stroke() or now - last[2] > DOUBLE_CLICK_S
+                or max(abs(position[0] - last[1][0]), abs(position[1] - last[1][1])) > DOUBLE_CLICK_PX):
+            return
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self._last_press = None  # a third click is a first click again
+        command.SetAbortFlag(1)  # the second press reaches no widget ...
+        self._swallow_release = iren  # ... nor does its release: no second vertex
+        iren.SetRepeatCount(1)  # what Qt's interactor adapter gives Slicer with a double-click
+        try:
+            iren.InvokeEvent(vtkCommand.LeftButtonDoubleClickEvent)  # Slicer's markups widget: stop placing
+        finally:
+            iren.SetRepeatCount(0)
+
+    def _on_left_release(self, iren: Any, command: Any) -> None:
+        if self._swallow_release is iren:
+            self._swallow_release = None
+            command.SetAbortFlag(1)
+
+    def _on_end_placement(self) -> None:
+        """Place mode ended by Slicer's markups widget (right-click, double-click) with a stroke tool chosen: the
+        stroke is sent (after the widget's own event handling is done); none drawn: the tool places again."""
+        if self._ending_placement or self.state.tool not in STROKES:
+            return
+
+        def end() -> None:
+            with self.state:
+                if self.state.tool not in STROKES or self._placing_stroke():
+                    return
+                if len(curve_points(self._stroke_node(self.state.tool))):
+                    self.finish_stroke()
+                else:
+                    self._on_tool(self.state.tool)
+                    self.state.status = f"no {self.state.tool} to finish: click its vertices in a slice view first"
+
+        try:
+            asyncio.get_running_loop().call_soon(end)
+        except RuntimeError:  # no event loop (a script driving the app): at once
+            end()
 
     def _on_placed(self, kind: str, node) -> None:
         if self.logic.busy:
@@ -489,6 +653,11 @@ class WebApp:
         else:
             node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
         self.state.status = f"{kind} not used: {message}"
+
+    def _relist_prompts(self) -> None:
+        c = self.logic.controllers.get((self.volume.GetID(), self.segmentation.GetID()))
+        if c is not None:
+            self._list_prompts(c)
 
     def _list_prompts(self, c) -> None:
         """The prompts the engine got, as lines in the page and as numbers (voxel indices i, j, k)
@@ -849,6 +1018,11 @@ def token_guard(token: str, port: int) -> Any:
             raise remember(exc) from None
 
     return guard
+
+
+def _hex(rgb) -> str:
+    """An RGB colour (0..1 each) as the page's #rrggbb."""
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
 
 def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
