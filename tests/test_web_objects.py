@@ -14,44 +14,17 @@ import pytest
 
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'segment-with-sam2[web]')")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (extra 'web')")
-from web_helpers import (CHROMIUM, STEP_S, add_object, click_voxel, open_page, pixel_of, ras_of, reset, shown_index,  # noqa: E402
-                         state, view_box, wait, web_app)
+from web_helpers import (CHROMIUM, STEP_S, add_object, click_voxel, pixel_of, ras_of, shown_index, state, view_box,  # noqa: E402
+                         wait)
+
+from web_fixtures import app, browser, ct, page  # noqa: E402,F401 - the fixtures
 
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-from sam2volume import api, read_labelmap, read_volume  # noqa: E402
+from sam2volume import api, read_labelmap  # noqa: E402
 
 LIVER = (84, 56, 18)
-
-
-@pytest.fixture(scope="module")
-def app(totalseg, tmp_path_factory):
-    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, app):
-    page = open_page(browser, app.url)
-    yield page
-    reset(page)
-    page.close()
-
-
-@pytest.fixture(scope="module")
-def ct(totalseg):
-    return read_volume(totalseg / "example_ct_sm.nii.gz")
 
 
 def shown(page, ct) -> int:
