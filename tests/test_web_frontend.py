@@ -23,54 +23,13 @@ from web_helpers import CHROMIUM, STEP_S, add_object, click_voxel, engine_pids, 
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from web_fixtures import app, browser, ct, page, propagate_and_download  # noqa: E402,F401 - the fixtures
 
 from sam2volume import api, read_labelmap, read_volume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVER = (84, 56, 18)  # a voxel well inside the liver of example_ct_sm (label 5 of example_seg, eroded by 3)
 SCREENSHOT = ROOT / "docs" / "web.png"  # the README's picture
-
-
-@pytest.fixture(scope="module")
-def app(totalseg, tmp_path_factory):
-    """``sam2volume web CT --engine baseline`` on a free loopback port, stopped afterwards."""
-    with web_app(totalseg / "example_ct_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, app):
-    page = open_page(browser, app.url)
-    yield page
-    reset(page)
-    page.close()
-
-
-@pytest.fixture(scope="module")
-def ct(totalseg):
-    return read_volume(totalseg / "example_ct_sm.nii.gz")
-
-
-def propagate_and_download(page, ct, folder: Path) -> np.ndarray:
-    """Press Propagate, wait for its end, download the result; the segment on the CT's grid (bool)."""
-    page.click("#propagate")
-    wait(lambda: page.inner_text("#status").startswith(("propagated", "not propagated", "propagation failed")), 300,
-         "the propagation")
-    assert page.inner_text("#status").startswith("propagated"), page.inner_text("#status")
-    with page.expect_download() as download:
-        page.click("#download")
-    path = folder / "segmentation.seg.nrrd"
-    download.value.save_as(path)
-    return read_labelmap(path, reference=ct).array > 0
 
 
 @pytest.mark.parametrize("orientation, axis", [("axial", 2), ("coronal", 1), ("sagittal", 0)])

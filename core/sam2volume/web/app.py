@@ -29,7 +29,7 @@ from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, 
 log = logging.getLogger("sam2volume.web")
 
 TOOLS = ("view", "positive", "negative", "box", "scribble", "lasso")
-STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex, sent by "Finish stroke"
+STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex, sent by "Finish stroke" ...
 # ... or ended as 3D Slicer ends markups placement: a right-click, or a double-click. trame-rca forwards no
 # double-click (two press/release pairs, repeat count 0), so a second left press this near the last one, in
 # place and in time, is taken for one; the time is the app's (the events carry none): network and rendering
@@ -244,7 +244,8 @@ class WebApp:
                             html.Option("+", value="+")
                             html.Option("-", value="-")
                         v.VBtn("Finish stroke", id="finish-stroke", click=self.ctrl.finish_stroke, size="x-small", classes="mx-1",
-                               title="send the scribble or lasso drawn (one click per vertex) as one prompt")
+                               title="send the scribble or lasso drawn (one click per vertex) as one prompt; "
+                                     "double-clicking its last vertex or a right-click in the view sends it too")
                         html.Span("volume", classes="ml-2 mr-1 text-caption")
                         html.Input(type="file", id="upload-file", multiple=True,
                                    title=f"upload {ACCEPTED} (at most {self.max_upload_bytes / 2**20:g} MB, {MAX_FILES} files)",
