@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from eval_helpers import plain_ct_dataset
@@ -115,6 +116,11 @@ def test_batch_on_ray_writes_the_same_files(totalseg, tmp_path, ray_local):
     assert sorted(p.name for p in (tmp_path / "ray").iterdir() if not p.name.startswith("batch_")) == names
     for name in ("x.nii.gz", "y.nii.gz"):
         assert np.array_equal(read_labelmap(tmp_path / "ray" / name).array, read_labelmap(tmp_path / "local" / name).array)
+        # the run reports name the files where they are (before: the Ray worker's deleted scratch folder)
+        reports = {where: json.loads((tmp_path / where / f"{name}.report.json").read_text()) for where in ("local", "ray")}
+        for key in ("output", "label_names", "color_table"):
+            assert Path(reports["ray"][key]) == (tmp_path / "ray" / Path(reports["local"][key]).name), (key, reports["ray"][key])
+            assert Path(reports["ray"][key]).is_file()
 
 
 @pytest.mark.sam2

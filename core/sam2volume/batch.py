@@ -202,7 +202,7 @@ def batch(
                 if bar is not None:
                     bar.update(1)
 
-            items = [(str(image), str(pfile), out.name, f"{_stem(image)}.png" if png else None) for image, out, pfile in todo]
+            items = [(str(image), str(pfile), out.name, f"{_stem(image)}.png" if png else None, str(out.parent)) for image, out, pfile in todo]
             report["executor"] = run_cases(None if ray is True else str(ray), items, (cfg, engine), seg_kwargs, out_dir, finished,
                                            worker=VolumeWorker, task_id=lambda item: item[0], workers=ray_workers,
                                            wants_gpu=engine_wants_gpu(engine, cfg),

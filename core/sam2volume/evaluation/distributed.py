@@ -10,6 +10,7 @@ memory) costs its current case, which is retried once on a fresh worker, then re
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -54,7 +55,7 @@ class VolumeWorker:
         from ..api import segment
         from ..errors import Sam2VolumeError
 
-        image, pfile, out_name, png_name = item
+        image, pfile, out_name, png_name, dest = item
         if self.engine == "sam2" and self.predictor is None:
             from ..engine.predictor import build_predictor
 
@@ -66,7 +67,28 @@ class VolumeWorker:
                 status: dict[str, Any] = {"ok": True}
             except Sam2VolumeError as exc:
                 status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            relocate_reports(tmp, dest)
             return status, _files_under(tmp), self.name
+
+
+def relocate_reports(scratch: str, dest: str) -> None:
+    """The run reports written in a worker's scratch folder name the files where the driver puts them
+    (``dest``), not the scratch folder, which is gone once the worker returns."""
+    from ..io.atomic import write_json_atomic
+
+    prefix = str(Path(scratch)) + os.sep
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(prefix):
+            return str(Path(dest) / value[len(prefix):])
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        return value
+
+    for path in Path(scratch).glob("*.report.json"):
+        write_json_atomic(path, moved(json.loads(path.read_text(encoding="utf-8"))))
 
 
 def connect(address: str | None) -> bool:
