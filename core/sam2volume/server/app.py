@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import re
-import secrets
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -32,6 +31,7 @@ from .pool import ModelPool
 from .loading import ModelLoader
 from .requests import AddBox, AddLasso, AddMask, AddObject, AddPoints, AddScribble, ChooseMask, LoadModel, OpenSession, StartJob, parse
 from .store import Busy, LimitError, NotFound, RequestIdReused, SessionRegistry, VolumeStore, rss_bytes
+from .token_files import bearer_matches
 from .wire import ArrayDecoder, encode_array, pack_mask, scores_to_json, unpack_mask, volume_from
 
 log = logging.getLogger("sam2volume.server")
@@ -139,9 +139,7 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
             raise ApiError(400, "VersionError", f"the client speaks sam2volume API version {version}; this server "
                            f"(sam2volume {__version__}) speaks version {API_VERSION}: install matching versions on both sides")
         if config.token:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth[:7].lower() == "bearer " else ""
-            if not secrets.compare_digest(given.encode("utf-8"), config.token.encode("utf-8")):
+            if not bearer_matches(request.headers.get("authorization"), config.token):
                 raise ApiError(401, "AuthError", "missing or wrong token: send 'Authorization: Bearer TOKEN' "
                                "(client: token=, --token-file or SAM2VOLUME_TOKEN)")
 

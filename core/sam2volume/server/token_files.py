@@ -107,3 +107,17 @@ def local_token_for(url: str) -> str | None:
     if not path.is_file():
         return None
     return read_token_text(path) or None
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """True when an ``Authorization`` header value is ``Bearer TOKEN`` (scheme in any case) with this token,
+    compared in constant time (the engine server's and the web page's check)."""
+    auth = authorization or ""
+    return auth[:7].lower() == "bearer " and token_matches(auth[7:], token)
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    """``given`` is ``token``, compared in constant time (``secrets.compare_digest``); None never is."""
+    import secrets
+
+    return given is not None and secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
