@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 import urllib.parse
 import zlib
 
@@ -221,6 +222,38 @@ def test_long_polls_do_not_starve_other_users(totalseg, ct):
                     t.join(60)
             assert not any(t.is_alive() for t in threads)
             assert sorted(answered) == list(range(polls)) and all(status == 200 for status, _ in answered.values())
+
+
+def test_long_polls_over_the_cap_are_answered_at_once(ct):
+    """--max-long-polls 4: four polls wait (each an open connection), the rest are answered at once, so
+    waiting polls never hold more than four connections; the waiting ones still get their answer."""
+    cap, polls = 4, 10
+    big = big_ct(ct)
+    with local_server("--max-long-polls", str(cap)) as srv:
+        with RemoteSession(srv.url, big, engine="baseline", token=srv.token) as busy:
+            for label, point in ((1, [240, 200, 14]), (2, [200, 150, 60]), (3, [300, 250, 100])):
+                busy.add_points(label, [point])
+            job = busy.start_propagation("both", stop_after=None)
+            answered: dict[int, float] = {}
+            t0 = time.monotonic()
+
+            def long_poll(n):
+                status, _ = raw(srv, "GET", f"/v1/jobs/{job.id}/events?after=1000000&wait=10", timeout=60)
+                assert status == 200
+                answered[n] = time.monotonic() - t0
+
+            threads = [threading.Thread(target=long_poll, args=(n,)) for n in range(polls)]
+            for t in threads:
+                t.start()
+            try:
+                wait_for(lambda: len(answered) >= polls - cap, 20, 0.05)  # the ones over the cap came back
+                assert stats(srv).get("long_polls", 0) <= cap
+                assert len(answered) == polls - cap, answered  # the others still wait
+            finally:
+                job.cancel()
+                for t in threads:
+                    t.join(60)
+            assert sorted(answered) == list(range(polls))
 
 
 # ----------------------------------------------------------------------------------------------- item 11

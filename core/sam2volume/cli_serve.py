@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-feature-cache-mb", type=float, default=2048.0, help="largest feature_cache_mb a session may ask for")
     p.add_argument("--max-encode-ahead", type=int, default=64, help="largest encode_ahead a session may ask for")
     p.add_argument("--max-encode-batch", type=int, default=16, help="largest encode_batch a session may ask for")
+    p.add_argument("--max-long-polls", type=int, default=64,
+                   help="job-event long polls that may wait at once; more are answered at once (default 64)")
     p.add_argument("--reaper-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", help="write {url, pid} here (atomically) once listening")
     p.add_argument("--parent-pid", type=int, help="stop when this process ends (POSIX; the front-end that started the server)")
@@ -75,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reaper_interval_s=args.reaper_interval,
         keep_alive_s=args.keep_alive_timeout, allow_hosts=args.allow_host, write_local_token=generated,
         upload_timeout_s=args.upload_timeout, max_image_size=args.max_image_size, max_feature_cache_mb=args.max_feature_cache_mb,
-        max_encode_ahead=args.max_encode_ahead, max_encode_batch=args.max_encode_batch,
+        max_encode_ahead=args.max_encode_ahead, max_encode_batch=args.max_encode_batch, max_long_polls=args.max_long_polls,
     )
     if config.config_file:  # a hostile or broken --config is refused before listening, not at the first session
         from .engine.predictor import compose_model

@@ -34,6 +34,7 @@ class ServerConfig:
     volume_ttl_s: float = 300.0  #: an uploaded volume no session uses is kept this long (re-opening skips the upload)
     reaper_interval_s: float = 5.0
     max_wait_s: float = 10.0  #: longest long-poll of job events
+    max_long_polls: int = 64  #: long-polls waiting at once; more are answered at once (--max-long-polls)
     keep_alive_s: float = 30.0  #: a connection without a whole request header for this long is closed (--keep-alive-timeout)
     allow_hosts: list[str] = field(default_factory=list)  #: Host names beyond the bound address's (--allow-host; guards.py)
     write_local_token: bool = False  #: ``token`` was made for this run: write it for local clients (token_files.py)
@@ -45,7 +46,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_upload_bytes", "max_voxels", "max_stored_bytes", "max_body_bytes", "max_image_size",
-                     "max_encode_ahead", "max_encode_batch"):
+                     "max_encode_ahead", "max_encode_batch", "max_long_polls"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("idle_timeout_s", "volume_ttl_s", "reaper_interval_s", "max_wait_s", "upload_timeout_s"):
