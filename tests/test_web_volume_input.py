@@ -23,19 +23,11 @@ from web_upload_data import nhdr_pair, two_series_folder, zip_bomb, zip_of, zip_
 if CHROMIUM is None:
     pytest.skip("no system chromium (apt-get install chromium; scripts/setup_env.sh does it)", allow_module_level=True)
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from web_fixtures import browser  # noqa: E402,F401 - the fixture
 
 from sam2volume import read_labelmap, read_volume  # noqa: E402
 
 UPLOAD_S = 180  # longest wait for an upload to be read (20 DICOM files on a shared CPU)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

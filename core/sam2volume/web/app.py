@@ -773,8 +773,10 @@ class WebApp:
                 names, size = await uploads.receive(request, received, cap)
                 root, name = received, names[0] if len(names) == 1 else f"{len(names)} files"
                 if len(names) == 1 and names[0].lower().endswith(".zip"):
-                    root = folder / "unpacked"
-                    uploads.extract_zip(received / names[0], root, cap)
+                    root = folder / "unpacked"  # unpacked off the event loop (up to --max-upload-mb)
+                    with self.state:
+                        self.state.status = f"unpacking {names[0]} ({size / 2**20:.1f} MB) ..."
+                    await asyncio.get_running_loop().run_in_executor(None, uploads.extract_zip, received / names[0], root, cap)
                     (received / names[0]).unlink()
                 elif any(n.lower().endswith(".zip") for n in names):
                     raise uploads.UploadError(400, "InputError", "a .zip must be uploaded alone; choose the .zip only, "
