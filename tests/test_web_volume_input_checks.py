@@ -151,12 +151,20 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
     """A .nhdr + data pair and the second series' 10 files are read (shape and series in the reply); refused with
     a JSON error naming the value, leaving no temporary folder: over the total cap, more than MAX_FILES files,
     a duplicate or hidden name, a .zip among other files, a zip member ../x, a zip bomb over the cap, a header
-    whose data file is not uploaded, a bare (not multipart) body."""
+    whose data file is not uploaded or lies outside its folder, a bare (not multipart) body. A .mhd + .zraw too."""
     before = _left()
     app = small_cap_app
     header = nhdr_pair(totalseg / "example_ct_sm.nii.gz", tmp_path / "pair")
     status, reply = _post(app, [(header.name, header.read_bytes()), ("ct.raw.gz", (header.parent / "ct.raw.gz").read_bytes())])
     assert status == 200 and reply["shape"] == list(read_volume(header).shape) and reply["series"] == [], reply
+    import SimpleITK as sitk
+
+    mhd = tmp_path / "mhd" / "ct.mhd"
+    mhd.parent.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(totalseg / "example_ct_sm.nii.gz")), str(mhd), useCompression=True)  # + ct.zraw
+    status, reply = _post(app, [(f.name, f.read_bytes()) for f in sorted(mhd.parent.iterdir())])
+    assert status == 200 and reply["shape"] == [122, 101, 30] and (mhd.parent / "ct.zraw").exists(), reply
+    outside = header.read_text().replace("data file: ct.raw.gz", "data file: ../ct.raw.gz")
     folder, first, second = two_series_folder(totalseg / "example_ct_dicom", tmp_path / "two")
     seconds = sorted(folder.glob("second_*.dcm"))
     status, reply = _post(app, [(f.name, f.read_bytes()) for f in seconds])
@@ -173,6 +181,7 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
         ([("bad.zip", zip_with_member(tmp_path / "bad.zip", "../x.dcm").read_bytes())], 400, ["bad.zip", "'../x.dcm'", "outside"]),
         ([("bomb.zip", zip_bomb(tmp_path / "bomb.zip", 16 << 20).read_bytes())], 413, ["bomb.zip unpacked", "2 MB limit"]),
         ([("ct.nhdr", header.read_bytes())], 400, ["ct.nhdr", "ct.raw.gz"]),  # its data file is not in the upload
+        ([("ct.nhdr", outside.encode()), ("ct.raw.gz", b"x")], 400, ["ct.nhdr", "../ct.raw.gz"]),  # core's header check
     ]
     for files, want_status, words in refusals:
         status, reply = _post(app, files)
