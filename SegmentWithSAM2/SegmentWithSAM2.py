@@ -51,7 +51,7 @@ class SegmentWithSAM2(ScriptedLoadableModule):
         self.parent.title = "Segment With SAM2"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = ["Segmentations", "Markups"]
-        self.parent.contributors = ["SegmentWithSAM2 team"]
+        self.parent.contributors = ["SegmentWithSAM2 team (SegmentWithSAM2)"]  # as EXTENSION_CONTRIBUTORS in CMakeLists.txt
         self.parent.helpText = (
             "Click positive/negative points or draw a box on a slice; the 2D mask appears at once. "
             "Propagate through the volume with SAM2, correct on any slice and propagate again. "

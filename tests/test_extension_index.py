@@ -203,6 +203,18 @@ def test_cmake_metadata_and_catalog_entry_agree_on_one_repository(branch):
     assert repo != "SlicerSegmentWithSAM"  # the rival extension SegmentWithSAM's repository (mazurowski-lab)
 
 
+def test_the_modules_contributors_are_the_extensions():
+    """Slicer shows the module's ``parent.contributors`` in its Help & Acknowledgement; the index the
+    extension's EXTENSION_CONTRIBUTORS: the same people, written the same way."""
+    import ast
+
+    tree = ast.parse((ROOT / "SegmentWithSAM2" / "SegmentWithSAM2.py").read_text(encoding="utf-8"))
+    module = [ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+              and any(ast.unparse(t) == "self.parent.contributors" for t in n.targets)]
+    extension = cmake_metadata((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))["CONTRIBUTORS"]
+    assert module == [[c.strip() for c in re.split(r",\s*(?![^()]*\))", extension)]], (module, extension)
+
+
 def test_the_checks_fail_the_metadata_the_validator_failed_before():
     """The checks are the validator's: the old metadata fails them where the validator failed it."""
     old = entry_problems(json.dumps({"$schema": SCHEMA_URL, "build_dependencies": ["PyTorch"], "category": CATEGORY,
