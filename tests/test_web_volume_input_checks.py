@@ -198,3 +198,24 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
     # an accepted upload still works after the refusals
     status, reply = _post(app, [(f.name, f.read_bytes()) for f in seconds])
     assert status == 200 and np.array_equal(reply["shape"], [512, 512, 10])
+
+
+def test_an_unreadable_series_of_an_upload_is_listed_with_its_reason_and_the_readable_one_shown(totalseg, tmp_path):
+    """A scout (one 2D image, its own series, listed first) beside the shared series: the upload shows the CT
+    series, and the scout keeps read_volume's reason (said in the page when it is chosen); no path in it."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    files = sorted((totalseg / "example_ct_dicom").iterdir())
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    scout = pydicom.dcmread(files[0])
+    scout.SeriesInstanceUID, scout.SeriesDescription = generate_uid(), "scout"
+    scout.save_as(folder / "A_scout.dcm", enforce_file_format=True)
+    got = uploads.read_upload(folder, "study.zip")
+    assert [s.description for s in got.series] == ["scout", "CT Body 3.0"]
+    assert got.volume.shape == (512, 512, 20) and got.read[got.series[1].uid][0] is got.volume
+    reason = got.read[got.series[0].uid]
+    assert isinstance(reason, str) and "single 2D DICOM image" in reason and str(folder) not in reason, reason

@@ -244,7 +244,7 @@ def read_upload(root: Path, name: str) -> Uploaded:
                 vol = read_volume(root, series_uid=s.uid)
                 headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in vol.meta.get("dicom_files", [])]
             except Exception as exc:  # noqa: BLE001
-                out.read[s.uid] = f"series {s.uid or '(blank UID)'}: {sentence(exc)}"
+                out.read[s.uid] = sentence(exc)  # said when the series is chosen
                 continue
             vol.meta.pop("source", None)
             vol.meta.pop("dicom_files", None)  # gone with the folder; the headers stand in for them
@@ -252,7 +252,7 @@ def read_upload(root: Path, name: str) -> Uploaded:
             if out.volume is None:
                 out.volume = vol
         if out.volume is None:
-            raise UploadError(400, "InputError", out.read[series[0].uid])
+            raise UploadError(400, "InputError", f"series {series[0].uid or '(blank UID)'}: {out.read[series[0].uid]}")
         return out
 
 
