@@ -993,21 +993,17 @@ def token_guard(token: str, port: int) -> Any:
     """aiohttp middleware: every request (page, assets, websocket) needs the page's token, compared in
     constant time, as ``?token=`` (then set as an HttpOnly, SameSite=Strict cookie, so the page's own later
     requests carry it), as that cookie or as ``Authorization: Bearer``; else 401 with a JSON error."""
-    import secrets
-
     from aiohttp import web
 
-    cookie = TOKEN_COOKIE.format(port=int(port))
-    want = token.encode("utf-8")
+    from ..server.token_files import bearer_matches, token_matches
 
-    def valid(given: str | None) -> bool:
-        return given is not None and secrets.compare_digest(given.encode("utf-8"), want)
+    cookie = TOKEN_COOKIE.format(port=int(port))
 
     @web.middleware
     async def guard(request: Any, handler: Any) -> Any:
-        auth = request.headers.get("Authorization", "")
-        in_query = valid(request.query.get("token"))
-        if not (in_query or valid(request.cookies.get(cookie)) or (auth[:7].lower() == "bearer " and valid(auth[7:]))):
+        in_query = token_matches(request.query.get("token"), token)
+        if not (in_query or token_matches(request.cookies.get(cookie), token)
+                or bearer_matches(request.headers.get("Authorization"), token)):
             return web.json_response({"error": {"type": "AuthError", "message": (
                 "missing or wrong token: open the URL sam2volume web printed (http://HOST:PORT/?token=...)")}}, status=401)
         def remember(response: Any) -> Any:
