@@ -29,7 +29,7 @@ import SegmentWithSAM2Lib  # noqa: F401  (puts the source tree's core/ on sys.pa
 from SegmentWithSAM2Lib.engine_link import SETTINGS_GROUP, Settings, forget_connection
 from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic as CoreLogic
 from SegmentWithSAM2Lib.logic import EngineStarting, OverwriteDeclined, PromptTarget, default_input_volume, describe_error, reloadable_modules
-from SegmentWithSAM2Lib.logic import candidate_choices, editor_node, segment_from_editor
+from SegmentWithSAM2Lib.logic import SHORTCUTS, candidate_choices, editor_node, segment_from_editor
 
 from sam2volume.models.registry import DEFAULT_MODEL, MODELS
 from sam2volume.windowing import CT_PRESETS
@@ -41,8 +41,6 @@ DIRECTIONS = ["both", "forward", "backward"]
 VIEWS = ["Red", "Yellow", "Green"]
 # keys while the module is shown, anywhere in Slicer's main window (a key typed into a text field stays text);
 # the embedded Segment Editor's own keys (1-0 pick an effect, Z/Y undo/redo, ...) are not installed here
-SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "4": "scribble", "5": "lasso", "T": "toggle", "P": "propagate",
-             "U": "undo"}
 
 
 class SegmentWithSAM2(ScriptedLoadableModule):

@@ -318,8 +318,10 @@ def test_after_pip_the_import_caches_are_invalidated():
 
 # ------------------------------------------------------------------------------ 8b: shortcut keys
 def shortcuts() -> dict[str, str]:
-    node = next(n for n in TREE.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
-    return ast.literal_eval(node.value)
+    from SegmentWithSAM2Lib.logic import SHORTCUTS  # the one table; the widget binds it (below)
+
+    assert "from SegmentWithSAM2Lib.logic import SHORTCUTS" in SOURCE and "for key, name in SHORTCUTS.items():" in SOURCE
+    return SHORTCUTS
 
 
 # the widget whose tooltip documents each action's key

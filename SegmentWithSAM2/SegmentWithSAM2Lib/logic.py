@@ -39,6 +39,9 @@ STROKE_KINDS = {"scribble": ("vtkMRMLMarkupsCurveNode", "SAM2 scribble +", (0.2,
                 "lasso": ("vtkMRMLMarkupsClosedCurveNode", "SAM2 lasso", (0.9, 0.9, 0.2))}
 NODE_KINDS = {**PROMPT_KINDS, **STROKE_KINDS}
 SINGLE_USE = ("box", *STROKE_KINDS)  # one node per prompt, locked once used
+# The keys of the module's actions, one table for both GUIs (the Slicer widget's QShortcuts, the web page's keydown)
+SHORTCUTS = {"1": "positive", "2": "negative", "3": "box", "4": "scribble", "5": "lasso", "T": "toggle", "P": "propagate",
+             "U": "undo"}
 GUI_POLL_TIMEOUT_S = 1.0  # the longest one poll or cancel of a propagation blocks the GUI thread
 OUT_OF_MEMORY_ADVICE = ("Choose a smaller model (Model), limit the slices (Only within slices), "
                         "or use a remote GPU server (Mode: remote)")

@@ -23,7 +23,7 @@ from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
 
 from ..windowing import CT_PRESETS
 from .uploads import ACCEPTED, MAX_FILES
-from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SegmentWithSAM2Logic, box_corners, curve_points, describe_error,
+from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SHORTCUTS, SegmentWithSAM2Logic, box_corners, curve_points, describe_error,
                                       slice_node_for_point)
 
 log = logging.getLogger("sam2volume.web")
@@ -43,6 +43,16 @@ OBJECT_COLOURS = (SEGMENT_COLOUR, (0.1, 0.85, 0.95), (1.0, 0.6, 0.1), (0.25, 0.4
                   (0.6, 0.3, 0.9), (0.65, 0.4, 0.2))
 MAX_OBJECTS = 32
 UPLOAD_PATH = "/sam2volume-upload"
+# the module's keys (SHORTCUTS) anywhere in the page but in a text field or menu: sent to WebApp.shortcut
+KEYS_SCRIPT = """document.addEventListener('keydown', (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || e.key.length !== 1) return;
+  const t = e.target;
+  if (t && (t.isContentEditable || ['INPUT', 'SELECT', 'TEXTAREA'].includes(t.tagName))) return;
+  const key = e.key.toUpperCase();
+  if (!KEYS.includes(key) || !window.trame) return;
+  e.preventDefault();
+  window.trame.trigger('shortcut', [key]);
+});""".replace("KEYS", repr(sorted(SHORTCUTS)))
 # the chosen files (several: a DICOM series, a .nhdr/.mhd and its data file; or one .zip) POSTed as one
 # multipart form, its progress shown in #upload-progress (the server's status line says the rest)
 UPLOAD_SCRIPT = """document.addEventListener('change', (e) => {
@@ -191,17 +201,18 @@ class WebApp:
 
         with SinglePageLayout(self.server) as layout:
             client.Script(UPLOAD_SCRIPT)  # a chosen file is POSTed to UPLOAD_PATH (streamed, size-capped there)
+            client.Script(KEYS_SCRIPT)  # the module's keys: 1, 2, T, 3, 4, 5, P, U
             layout.title.set_text("SAM2")
             layout.icon.hide()
             with layout.toolbar:
                 with v.VBtnToggle(v_model=("tool",), mandatory=True, density="compact", classes="mx-1"):
                     for label, value in (("View", "view"), ("+ point", "positive"), ("- point", "negative"), ("Box", "box"),
                                          ("Scribble", "scribble"), ("Lasso", "lasso")):
-                        v.VBtn(label, value=value, id=f"tool-{value}", size="small")
+                        v.VBtn(label, value=value, id=f"tool-{value}", size="small", title=_key_hint(value))
                 for label, name, disabled in (("Propagate", "propagate", "busy"), ("Cancel", "cancel", "!busy"),
                                               ("Undo", "undo", "busy"), ("Reset", "reset", None)):
                     v.VBtn(label, click=getattr(self.ctrl, name), disabled=(disabled,) if disabled else False, id=name,
-                           size="small", classes="mx-1")
+                           size="small", classes="mx-1", title=_key_hint(name))
                 html.Span("Window", classes="ml-2 mr-1 text-caption")
                 with html.Select(v_model=("display_window",), id="display-window", style="border: 1px solid #999; padding: 0 4px;"):
                     html.Option("{{ w }}", v_for="w in display_windows", value=("w",), key="w")
@@ -269,6 +280,7 @@ class WebApp:
         self.ctrl.reset.add(self.reset)
         self.ctrl.add_object.add(self.add_object)
         self.ctrl.rename_object.add(self.rename_object)
+        self.ctrl.trigger("shortcut")(self.shortcut)
         self.ctrl.trigger("remove_object")(self.remove_object)
         self.ctrl.trigger("download_segmentation")(self.download)
         self.ctrl.trigger("download_nifti")(self.download_nifti)
@@ -655,6 +667,27 @@ class WebApp:
             node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
         self.state.status = f"{kind} not used: {message}"
 
+    def shortcut(self, key: str) -> None:
+        """A key of the module's (SHORTCUTS) pressed in the page: the tool it names; T the other sign of the
+        point tool (or of the scribble); P Propagate; U Undo."""
+        action = SHORTCUTS.get(str(key).upper())
+        if action is None:
+            return
+        with self.state:
+            if action == "propagate":
+                self.propagate()
+            elif action == "undo":
+                if not self.logic.busy:
+                    self.undo()
+            elif action == "toggle":
+                tool = self.state.tool
+                if tool == "scribble":
+                    self.state.scribble_sign = "-" if self.state.scribble_sign == "+" else "+"
+                else:
+                    self.state.tool = "negative" if tool == "positive" else "positive"
+            else:
+                self.state.tool = action
+
     def _relist_prompts(self) -> None:
         c = self.logic.controllers.get((self.volume.GetID(), self.segmentation.GetID()))
         if c is not None:
@@ -1017,6 +1050,12 @@ def token_guard(token: str, port: int) -> Any:
             raise remember(exc) from None
 
     return guard
+
+
+def _key_hint(action: str) -> str:
+    """A button's tooltip naming its key (SHORTCUTS), if it has one."""
+    keys = [k for k, a in SHORTCUTS.items() if a == action]
+    return f"key {keys[0]}" if keys else ""
 
 
 def _hex(rgb) -> str:
