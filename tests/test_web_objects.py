@@ -172,3 +172,23 @@ def test_removing_the_last_object_leaves_a_new_empty_one(page, ct):
     assert state(page, "current_object") == objects[0]["id"] and state(page, "prompt_points") == []
     page.click("#propagate")  # nothing to propagate: says so
     wait(lambda: "place a point or a box" in status(page), STEP_S, "the message")
+
+
+def test_a_second_browser_shares_the_page(page, browser, app, ct):
+    """One app is one workspace (trame keeps one state for every connection): a second browser page sees the
+    first one's objects and prompts, and its own changes reach the first (README: one app per user)."""
+    from web_helpers import open_page, reset
+
+    other = open_page(browser, app.url)
+    try:
+        add_object(page, "liver")
+        click_voxel(page, ct, "axial", liver(page, ct))
+        wait(lambda: [o["name"] for o in state(other, "objects")] == ["SAM2 segment", "liver"], STEP_S, "the object in the other page")
+        wait(lambda: len(state(other, "prompt_points")) == 1, STEP_S, "the prompt in the other page")
+        other.fill("#object-name", "spleen")
+        other.click("#add-object")
+        wait(lambda: [o["name"] for o in state(page, "objects")] == ["SAM2 segment", "liver", "spleen"], STEP_S,
+             "the other page's object in the first")
+    finally:
+        reset(other)
+        other.close()
