@@ -219,3 +219,26 @@ def test_an_unreadable_series_of_an_upload_is_listed_with_its_reason_and_the_rea
     assert got.volume.shape == (512, 512, 20) and got.read[got.series[1].uid][0] is got.volume
     reason = got.read[got.series[0].uid]
     assert isinstance(reason, str) and "single 2D DICOM image" in reason and str(folder) not in reason, reason
+
+
+def test_an_upload_in_progress_is_removed_when_the_app_is_stopped(totalseg, tmp_path):
+    """The app stopped (SIGTERM, as a service manager stops it) while an upload is half sent: its temporary
+    folder does not outlive the app."""
+    import socket
+
+    pytest.importorskip("trame_slicer", reason="the web extra is not installed")
+    from web_helpers import wait, web_app
+
+    before = _left()
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log") as app:
+        body, content_type = multipart([("ct.nii.gz", bytes(4 << 20))])
+        sock = socket.create_connection(("127.0.0.1", app.port), timeout=30)
+        sock.sendall((f"POST /sam2volume-upload HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: {content_type}\r\n"
+                      f"Content-Length: {len(body)}\r\nCookie: sam2volume-web-token-{app.port}={app.token}\r\n\r\n").encode()
+                     + body[: 2 << 20])  # half of it, then nothing
+        started = wait(lambda: [p for p in _left() if p not in before], 60, "the upload's temporary folder")
+        assert (started[0] / "received" / "ct.nii.gz").exists()
+        app.process.terminate()
+        app.process.wait(60)
+        sock.close()
+    assert _left() == before

@@ -7,6 +7,7 @@ memory with their headers (no pixel data), so the folder can go and a DICOM-SEG 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -57,14 +58,29 @@ def _create(path: Path) -> Any:
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
 
+_ACTIVE: set[Path] = set()  # the folders of uploads in progress
+
+
 @contextlib.contextmanager
 def upload_folder() -> Iterator[Path]:
-    """A private temporary folder for one upload, removed afterwards whatever happens."""
+    """A private temporary folder for one upload, removed afterwards whatever happens (and by
+    :func:`remove_active` when the app ends in the middle of the upload)."""
     folder = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))
+    _ACTIVE.add(folder)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        _ACTIVE.discard(folder)
+
+
+@atexit.register
+def remove_active() -> None:
+    """Remove the folders of uploads still in progress: the app is ending (SIGTERM stops the event loop before
+    an upload's own clean-up runs)."""
+    for folder in list(_ACTIVE):
+        shutil.rmtree(folder, ignore_errors=True)
+        _ACTIVE.discard(folder)
 
 
 async def receive(request: Any, folder: Path, cap: int, max_files: int = MAX_FILES) -> tuple[list[str], int]:
