@@ -9,7 +9,6 @@ series is made with pydicom from the shared CT series in tmp_path (tests/web_upl
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,9 @@ def two_series(totalseg, tmp_path_factory):
     return two_series_folder(totalseg / "example_ct_dicom", tmp_path_factory.mktemp("dicom") / "two")
 
 
-def _left() -> list:
-    return sorted(Path(tempfile.gettempdir()).glob("sam2volume-web-upload-*"))
+def _left(folder: Path) -> list:
+    """Upload folders in an app's temporary folder (its own TMPDIR: other tests' apps may upload meanwhile)."""
+    return sorted(folder.glob("sam2volume-web-upload-*"))
 
 
 def _status(page) -> str:
@@ -161,7 +161,9 @@ def test_series_uid_opens_that_series(browser, two_series, tmp_path):
 @pytest.fixture(scope="module")
 def mr_app(totalseg, tmp_path_factory):
     """The page started on the MR (NIfTI): every upload replaces it."""
-    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log") as app:
+    tmpdir = tmp_path_factory.mktemp("apptmp")
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log", tmpdir=tmpdir) as app:
+        app.tmpdir = tmpdir
         yield app
 
 
@@ -171,7 +173,7 @@ def test_uploaded_dicom_series_files_propagate_and_download_a_dicom_seg(browser,
     temporary folder is gone."""
     files = sorted((totalseg / "example_ct_dicom").iterdir())
     vol = read_volume(totalseg / "example_ct_dicom")
-    before = _left()
+    before = _left(mr_app.tmpdir)
     page = open_page(browser, mr_app.url)
     try:
         assert not state(page, "from_dicom")
@@ -188,13 +190,13 @@ def test_uploaded_dicom_series_files_propagate_and_download_a_dicom_seg(browser,
     finally:
         page.close()
     assert _same_grid(nifti, vol) and sops == _sop_uids(files) and frames == 20
-    assert _left() == before
+    assert _left(mr_app.tmpdir) == before
 
 
 def test_uploaded_nhdr_and_data_file_is_the_volume(browser, mr_app, totalseg, tmp_path):
     header = nhdr_pair(totalseg / "example_ct_sm.nii.gz", tmp_path / "pair")
     want = read_volume(header)
-    before = _left()
+    before = _left(mr_app.tmpdir)
     page = open_page(browser, mr_app.url)
     try:
         status = _upload(page, [header, header.parent / "ct.raw.gz"])
@@ -206,7 +208,7 @@ def test_uploaded_nhdr_and_data_file_is_the_volume(browser, mr_app, totalseg, tm
     finally:
         page.close()
     assert _same_grid(read_volume(tmp_path / "segmentation.nii.gz"), want)
-    assert _left() == before
+    assert _left(mr_app.tmpdir) == before
 
 
 def test_uploaded_zip_of_two_series_offers_the_series_menu(browser, mr_app, totalseg, two_series, tmp_path):
@@ -214,14 +216,14 @@ def test_uploaded_zip_of_two_series_offers_the_series_menu(browser, mr_app, tota
     at upload, kept in memory: the folder is gone) gets a DICOM-SEG referencing its own SOP instances."""
     folder, first, second = two_series
     archive = zip_of(sorted(folder.iterdir()), tmp_path / "two series.zip", prefix="study/")
-    before = _left()
+    before = _left(mr_app.tmpdir)
     vol = read_volume(folder, series_uid=second)
     page = open_page(browser, mr_app.url)
     try:
         status = _upload(page, [archive])
         assert status.startswith("uploaded two series.zip (") and "the upload holds 2 DICOM series" in status and \
             "choose another in the series menu" in status, status
-        assert _left() == before  # read already: the folder is gone before any series is chosen
+        assert _left(mr_app.tmpdir) == before  # read already: the folder is gone before any series is chosen
         assert len(state(page, "series")) == 2 and state(page, "current_series") == first
         page.select_option("#series", value=second)
         wait(lambda: "shown: " + second in _status(page), UPLOAD_S, "the second series")
@@ -229,7 +231,7 @@ def test_uploaded_zip_of_two_series_offers_the_series_menu(browser, mr_app, tota
     finally:
         page.close()
     assert _same_grid(nifti, vol) and sops == _sop_uids(sorted(folder.glob("second_*.dcm"))) and frames == 10
-    assert _left() == before
+    assert _left(mr_app.tmpdir) == before
 
 
 def test_refused_uploads_say_why_keep_the_volume_and_leave_nothing(browser, totalseg, tmp_path):
@@ -248,15 +250,17 @@ def test_refused_uploads_say_why_keep_the_volume_and_leave_nothing(browser, tota
         (sorted(many.iterdir()), ["no volume uploaded: the upload holds more than 4096 files"]),
         (sorted((totalseg / "example_ct_dicom").iterdir()), ["is larger than the 2 MB limit", "--max-upload-mb"]),
     ]
-    before = _left()
-    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log", "--max-upload-mb", "2") as app:
+    tmpdir = tmp_path / "apptmp"
+    tmpdir.mkdir()
+    before = _left(tmpdir)
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log", "--max-upload-mb", "2", tmpdir=tmpdir) as app:
         page = open_page(browser, app.url)
         try:
             for files, words in cases:
                 status = _upload(page, files)
                 assert all(w in status for w in words), (files[0].name, status)
                 assert state(page, "volume_name") == "example_mr_sm.nii.gz"
-                assert _left() == before, files[0].name
+                assert _left(tmpdir) == before, files[0].name
         finally:
             page.close()
-    assert _left() == before
+    assert _left(tmpdir) == before

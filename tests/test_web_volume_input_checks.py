@@ -8,7 +8,6 @@ import http.client
 import json
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from sam2volume.web import uploads
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _left() -> list:
-    return sorted(Path(tempfile.gettempdir()).glob(uploads.UPLOAD_PREFIX + "*"))
+def _left(folder: Path) -> list:
+    """Upload folders in an app's temporary folder (its own TMPDIR: other tests' apps may upload meanwhile)."""
+    return sorted(folder.glob(uploads.UPLOAD_PREFIX + "*"))
 
 
 def _web(*args: str) -> subprocess.CompletedProcess:
@@ -132,7 +132,10 @@ def small_cap_app(totalseg, tmp_path_factory):
     pytest.importorskip("trame_slicer", reason="the web extra is not installed")
     from web_helpers import web_app
 
-    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log", "--max-upload-mb", "2") as app:
+    tmpdir = tmp_path_factory.mktemp("apptmp")
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path_factory.mktemp("web") / "web.log", "--max-upload-mb", "2",
+                 tmpdir=tmpdir) as app:
+        app.tmpdir = tmpdir
         yield app
 
 
@@ -152,8 +155,8 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
     a JSON error naming the value, leaving no temporary folder: over the total cap, more than MAX_FILES files,
     a duplicate or hidden name, a .zip among other files, a zip member ../x, a zip bomb over the cap, a header
     whose data file is not uploaded or lies outside its folder, a bare (not multipart) body. A .mhd + .zraw too."""
-    before = _left()
     app = small_cap_app
+    before = _left(app.tmpdir)
     header = nhdr_pair(totalseg / "example_ct_sm.nii.gz", tmp_path / "pair")
     status, reply = _post(app, [(header.name, header.read_bytes()), ("ct.raw.gz", (header.parent / "ct.raw.gz").read_bytes())])
     assert status == 200 and reply["shape"] == list(read_volume(header).shape) and reply["series"] == [], reply
@@ -169,7 +172,7 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
     seconds = sorted(folder.glob("second_*.dcm"))
     status, reply = _post(app, [(f.name, f.read_bytes()) for f in seconds])
     assert status == 200 and reply["series"] == [second] and reply["shape"] == [512, 512, 10], reply
-    assert _left() == before
+    assert _left(app.tmpdir) == before
 
     all_files = [(f.name, f.read_bytes()) for f in sorted((totalseg / "example_ct_dicom").iterdir())]
     refusals = [
@@ -186,15 +189,15 @@ def test_uploads_of_pairs_series_and_zips_and_their_refusals(small_cap_app, tota
     for files, want_status, words in refusals:
         status, reply = _post(app, files)
         assert status == want_status and all(w in reply["error"]["message"] for w in words), (files[0][0], reply)
-        assert tempfile.gettempdir() not in reply["error"]["message"]  # no server-side path named
-        assert _left() == before, files[0][0]
+        assert str(app.tmpdir) not in reply["error"]["message"]  # no server-side path named
+        assert _left(app.tmpdir) == before, files[0][0]
     conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=60)
     conn.request("POST", "/sam2volume-upload", body=b"x", headers={
         "Content-Type": "application/octet-stream", "Cookie": f"sam2volume-web-token-{app.port}={app.token}"})
     response = conn.getresponse()
     assert response.status == 415 and "multipart/form-data" in json.loads(response.read())["error"]["message"]
     conn.close()
-    assert _left() == before
+    assert _left(app.tmpdir) == before
     # an accepted upload still works after the refusals
     status, reply = _post(app, [(f.name, f.read_bytes()) for f in seconds])
     assert status == 200 and np.array_equal(reply["shape"], [512, 512, 10])
@@ -229,16 +232,18 @@ def test_an_upload_in_progress_is_removed_when_the_app_is_stopped(totalseg, tmp_
     pytest.importorskip("trame_slicer", reason="the web extra is not installed")
     from web_helpers import wait, web_app
 
-    before = _left()
-    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log") as app:
+    tmpdir = tmp_path / "apptmp"
+    tmpdir.mkdir()
+    before = _left(tmpdir)
+    with web_app(totalseg / "example_mr_sm.nii.gz", tmp_path / "web.log", tmpdir=tmpdir) as app:
         body, content_type = multipart([("ct.nii.gz", bytes(4 << 20))])
         sock = socket.create_connection(("127.0.0.1", app.port), timeout=30)
         sock.sendall((f"POST /sam2volume-upload HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: {content_type}\r\n"
                       f"Content-Length: {len(body)}\r\nCookie: sam2volume-web-token-{app.port}={app.token}\r\n\r\n").encode()
                      + body[: 2 << 20])  # half of it, then nothing
-        started = wait(lambda: [p for p in _left() if p not in before], 60, "the upload's temporary folder")
+        started = wait(lambda: [p for p in _left(tmpdir) if p not in before], 60, "the upload's temporary folder")
         assert (started[0] / "received" / "ct.nii.gz").exists()
         app.process.terminate()
         app.process.wait(60)
         sock.close()
-    assert _left() == before
+    assert _left(tmpdir) == before

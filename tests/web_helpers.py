@@ -28,16 +28,17 @@ STEP_S = 60  # longest wait for one page reaction (a CPU shared with other jobs)
 
 
 @contextlib.contextmanager
-def web_app(image: Path, log: Path, *args: str, token: str | None = None) -> Iterator[Any]:
+def web_app(image: Path, log: Path, *args: str, token: str | None = None, tmpdir: Path | None = None) -> Iterator[Any]:
     """``sam2volume web IMAGE --engine baseline ARGS`` on a free loopback port; yields url (the tokened one it
     prints; with ``token``: the one ARGS give by --page-token-file, "" for --no-token), process, port and token; stopped
-    afterwards."""
+    afterwards. ``tmpdir``: the app's own temporary folder (TMPDIR), e.g. to see what it leaves there."""
     port = free_port()
     cmd = [sys.executable, "-m", "sam2volume", "web", str(image), "--engine", "baseline", "--device", "cpu",
            "--window", "abdomen", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "HOME": str(log.parent)}, start_new_session=True)
+                                env={**os.environ, "HOME": str(log.parent), **({"TMPDIR": str(tmpdir)} if tmpdir else {})},
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     url = None if token is None else (f"{base}?token={token}" if token else base)  # else the tokened URL the app prints once
 
