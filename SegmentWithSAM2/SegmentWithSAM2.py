@@ -319,7 +319,12 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInitialize(self) -> None:
         """Start the engine server and load the model in the background: the timer steps it (logic.poll),
-        the status line and progress bar show it, Slicer stays responsive."""
+        the status line and progress bar show it, Slicer stays responsive. While it runs the button reads
+        Cancel: pressed, it cancels Initialize (logic.cancelInitialize)."""
+        if self.logic.initializing:
+            self.logic.cancelInitialize()
+            self._showInitialize()
+            return
         with slicer.util.tryWithErrorDisplay("Could not start the engine.", waitCursor=False):
             if not self.checkDependencies():  # Initialize always offers to install
                 return
@@ -336,10 +341,10 @@ class SegmentWithSAM2Widget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setMaximum(total)  # 0: a busy indicator
         self.ui.progressBar.setValue(done)
         self._status(init.message)
-        self.ui.initializeButton.setEnabled(init.done)
+        self.ui.initializeButton.text = "Initialize" if init.done else "Cancel"
         if init.done:
             self._initShown = init
-            if not init.ready:
+            if init.stage == "failed":
                 logging.error(init.message)
 
     # ------------------------------------------------------------- prompts

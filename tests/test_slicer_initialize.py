@@ -11,6 +11,7 @@ gets a ``sitecustomize.py`` (a TEST DOUBLE for the registry's address) that poin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -143,10 +144,8 @@ for _name, _var in (("sam2.1-hiera-tiny", "TEST_TINY_URL"), ("sam2.1-hiera-small
 """
 
 
-@pytest.fixture(scope="module")
-def model_host(tmp_path_factory):
-    """The local model host with a real sam2.1-hiera-tiny checkpoint (random weights, 128 px, float16) and a
-    corrupt 'small' one (its announced digest is not its content's), and the environment the engine server needs."""
+def tiny_checkpoint() -> bytes:
+    """A real sam2.1-hiera-tiny checkpoint file's bytes (random weights, float16)."""
     import io
 
     import torch
@@ -157,29 +156,46 @@ def model_host(tmp_path_factory):
     model = build_predictor(engine_config(seed=3))
     buf = io.BytesIO()
     torch.save({"model": {k: v.half() for k, v in model.state_dict().items()}}, buf)
-    del model
-    tiny = buf.getvalue()
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_host(tmp_path_factory):
+    """The local model host with a real sam2.1-hiera-tiny checkpoint (random weights, 128 px, float16) and a
+    corrupt 'small' one (its announced digest is not its content's), and the environment the engine server needs."""
+    tiny = tiny_checkpoint()
     _SlowFiles.files = {"/tiny.pt": (tiny, hashlib.sha256(tiny).hexdigest()),
                         "/small.pt": (b"\0" * (3 << 20), "0" * 64)}
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowFiles)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    folder = tmp_path_factory.mktemp("model_host")
-    (folder / "site").mkdir()
-    (folder / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    with pytest.MonkeyPatch.context() as mp:
-        import os
+    with served_models(_SlowFiles, tmp_path_factory.mktemp("model_host")) as (link, cache):
+        yield link, cache, len(tiny)
 
-        mp.setenv("SAM2VOLUME_CACHE", str(folder / "cache"))
-        mp.delenv("SAM2VOLUME_OFFLINE", raising=False)
-        mp.setenv("TEST_TINY_URL", f"{url}/tiny.pt")
-        mp.setenv("TEST_SMALL_URL", f"{url}/small.pt")
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(folder / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        link = EngineLink(python=sys.executable, config_overrides={"image_size": 128, "seed": 0},
-                          engine_args=("--model", "sam2.1-hiera-tiny", "--model", "sam2.1-hiera-small"))
-        yield link, folder / "cache", len(tiny)
-        link.stop()
-    httpd.shutdown()
+
+@contextlib.contextmanager
+def served_models(handler, folder, site_code=SITECUSTOMIZE):
+    """The model host ``handler`` on 127.0.0.1 serving /tiny.pt and /small.pt, and an engine link (not started)
+    whose server gets ``site_code`` as its sitecustomize.py and its models from that host into folder/cache."""
+    import os
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    (folder / "site").mkdir(exist_ok=True)
+    (folder / "site" / "sitecustomize.py").write_text(site_code)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SAM2VOLUME_CACHE", str(folder / "cache"))
+            mp.delenv("SAM2VOLUME_OFFLINE", raising=False)
+            mp.setenv("TEST_TINY_URL", f"{url}/tiny.pt")
+            mp.setenv("TEST_SMALL_URL", f"{url}/small.pt")
+            mp.setenv("PYTHONPATH", os.pathsep.join([str(folder / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+            link = EngineLink(python=sys.executable, config_overrides={"image_size": 128, "seed": 0},
+                              engine_args=("--model", "sam2.1-hiera-tiny", "--model", "sam2.1-hiera-small"))
+            try:
+                yield link, folder / "cache"
+            finally:
+                link.stop()
+    finally:
+        httpd.shutdown()
 
 
 def test_initialize_reports_the_checkpoint_download_and_the_first_prompt_builds_no_model(ct, model_host):

@@ -193,7 +193,8 @@ class EngineLink:
 
         return make
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the local server (what is left after ``timeout`` s is killed)."""
         server, self.server = self.server, None
         if server is not None:
-            server.stop()
+            server.stop(timeout)

@@ -9,6 +9,13 @@ server is asked to load the model: ``POST /v1/models/{name}/load``) -> ``queued`
 so far and total, from the server's checkpoint download) / ``building`` -> ``ready``, or ``failed`` with
 :attr:`Initializer.message` saying why. Once ready, the first prompt's session finds the server running
 and the model built: it only encodes its slice.
+
+:meth:`Initializer.cancel` (the Initialize button reads *Cancel* while it runs) ends it as ``cancelled``
+with one request at most: a load queued or downloading on the server stops (``POST
+/v1/models/{name}/load/cancel``; the partial checkpoint is kept, so Initialize again resumes the download
+where it stopped); a model being built finishes on the server (torch cannot interrupt it) and stays loaded
+for the first prompt; a local server still starting is stopped (nothing Initialize started keeps running
+for nothing; Initialize again starts it anew), while one that already answers is left running.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from .engine_link import EngineLink, Settings
 REQUEST_TIMEOUT_S = 0.5  #: the longest one step's request blocks the GUI thread (an unanswered one is no news)
 STEP_INTERVAL_S = 0.25  #: steps closer together than this do nothing (the widget's timer ticks every 50 ms)
 SILENT_LIMIT_S = 30.0  #: a server that answers no request for this long ends Initialize with a message
-DONE = ("ready", "failed")
+DONE = ("ready", "failed", "cancelled")
 
 
 def _mb(n: int | None) -> str:
@@ -56,10 +63,13 @@ class Initializer:
 
     @property
     def progress(self) -> tuple[int, int]:
-        """(done, total) for a progress bar: the download's MB, else (0, 0) (busy, no measure)."""
-        if self.stage == "downloading" and self.bytes_total:
+        """(done, total) for a progress bar: the download's MB (also where a cancel stopped it), else (0, 0)
+        (busy, no measure) while it runs, full when ready, empty when it failed or was cancelled."""
+        if self.stage in ("downloading", "cancelled") and self.bytes_total:
             return int(self.bytes_done // 1_000_000), max(1, int(self.bytes_total // 1_000_000))
-        return (1, 1) if self.ready else (0, 0)
+        if self.done:
+            return (1, 1) if self.ready else (0, 1)
+        return (0, 0)
 
     def step(self) -> "Initializer":
         """Do the next short thing (nothing if the last step was under :data:`STEP_INTERVAL_S` ago)."""
@@ -74,6 +84,48 @@ class Initializer:
         except Exception as exc:  # noqa: BLE001 - every failure ends Initialize with its message
             self._fail(str(exc) or type(exc).__name__)
         return self
+
+    def cancel(self) -> "Initializer":
+        """Stop Initialize (the Cancel button), blocking the GUI thread for one short request at most
+        (:data:`REQUEST_TIMEOUT_S`); :attr:`message` says what happened. Nothing if it ended already."""
+        if self.done:
+            return self
+        if self.url is None:  # the local server has not answered yet (or nothing started): no request
+            server = self._server
+            if server is not None and not server.ready:
+                # SIGTERM to a process still importing ends it at once; what is left after the timeout is killed
+                self.link.stop(timeout=REQUEST_TIMEOUT_S) if self.link.server is server else server.stop(REQUEST_TIMEOUT_S)
+                self._cancelled("the engine server that was starting was stopped; press Initialize to start it again")
+            else:
+                self._cancelled("nothing had started yet; press Initialize to start again")
+            return self
+        from sam2volume.client import cancel_load
+
+        try:
+            state = cancel_load(self.url, self.config, token=self.token, timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - Cancel always ends Initialize; the message says what is unknown
+            self._cancelled(f"the engine server did not take the Cancel ({exc}): its load of {self.model} may go on; "
+                            "press Initialize again to follow it")
+            return self
+        stage = state.get("stage")
+        self.bytes_done, self.bytes_total = int(state.get("bytes_done") or 0), state.get("bytes_total")
+        if stage == "ready":
+            self._ready(f"ready: {self.model} had finished loading before Cancel ({{seconds:.0f}} s); the first prompt only encodes its slice")
+        elif stage == "failed":
+            self._follow(state)
+        elif stage == "building":
+            self._cancelled(f"{self.model} was being built already, which cannot be interrupted: the server finishes "
+                            "building it and keeps it for the first prompt (press Initialize again to follow it)")
+        elif self.bytes_done:
+            self._cancelled(f"the download of {self.model} stopped at {_mb(self.bytes_done)} of {_mb(self.bytes_total)} MB; "
+                            "the partial file is kept: press Initialize again to resume the download where it stopped")
+        else:
+            self._cancelled(f"{self.model} was not loaded; press Initialize again to load it")
+        return self
+
+    def _cancelled(self, what: str) -> None:
+        self.stage = "cancelled"
+        self.message = f"Initialize cancelled: {what}."
 
     def _fail(self, why: str) -> None:
         self.stage, self.error = "failed", why
@@ -128,6 +180,9 @@ class Initializer:
             return
         if stage == "ready":
             self._ready(f"ready: {self.model} is loaded ({{seconds:.0f}} s); the first prompt only encodes its slice")
+            return
+        if stage in ("cancelling", "cancelled"):  # cancelled on the server by another client
+            self._cancelled(f"the load of {self.model} was cancelled on the engine server; press Initialize again to resume it")
             return
         if stage == "idle":  # freed again, or never asked: ask (again)
             self.stage = "loading"

@@ -416,6 +416,13 @@ class SegmentWithSAM2Logic:
         self.initializer = Initializer(self.link, settings)
         return self.initializer
 
+    def cancelInitialize(self) -> Initializer | None:
+        """Cancel Initialize while it runs (one short request at most: see :meth:`Initializer.cancel`);
+        the initializer's message says what happened. Nothing when none runs."""
+        if self.initializing:
+            self.initializer.cancel()
+        return self.initializer
+
     @property
     def initializing(self) -> bool:
         return self.initializer is not None and not self.initializer.done

@@ -40,7 +40,7 @@ from .volume import Volume
 from .windowing import Window
 
 __all__ = ["RemoteSession", "RemoteJob", "SliceResult", "ServerError", "LocalServer", "RemoteEngine", "start_local_server",
-           "launch_local_server", "read_token", "check_server", "engine_settings", "load_model", "load_status"]
+           "launch_local_server", "read_token", "check_server", "engine_settings", "load_model", "load_status", "cancel_load"]
 
 #: EngineConfig fields a remote session sends (the server picks the device; paths never travel)
 _CONFIG_FIELDS = ("model", "image_size", "dtype", "offload_state_to_cpu", "feature_cache_mb", "random_weights", "seed",
@@ -564,11 +564,23 @@ def load_model(url: str, config: Any = None, *, token: str | None = None, timeou
 
 def load_status(url: str, config: Any = None, *, token: str | None = None, timeout: float = 1.0) -> dict[str, Any]:
     """The state of the load :func:`load_model` asked for (one short request): ``stage`` (idle, queued,
-    downloading, building, ready, failed), ``bytes_done`` and ``bytes_total`` (None: unknown) of the
-    checkpoint's download, and ``error`` ({type, message} or None)."""
+    downloading, building, ready, failed; cancelling, cancelled: see :func:`cancel_load`), ``bytes_done`` and
+    ``bytes_total`` (None: unknown) of the checkpoint's download, and ``error`` ({type, message} or None)."""
     http_ = _Http(url, read_token(token, url=url), timeout)
     try:
         return http_.json("GET", _load_path(engine_settings(config)))
+    finally:
+        http_.close()
+
+
+def cancel_load(url: str, config: Any = None, *, token: str | None = None, timeout: float = 1.0) -> dict[str, Any]:
+    """Stop the load :func:`load_model` asked for (one short request), if it is queued or downloading: its
+    download stops at the next chunk and its partial file is kept, so :func:`load_model` again resumes it; a
+    load that is building finishes. Returns its state as :func:`load_status` does (``stage`` ``cancelling``,
+    then ``cancelled``, where this stopped it), with ``cancelled`` (whether it did) and ``message``."""
+    http_ = _Http(url, read_token(token, url=url), timeout)
+    try:
+        return http_.json("POST", _load_path(engine_settings(config)) + "/cancel")
     finally:
         http_.close()
 

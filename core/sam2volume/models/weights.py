@@ -58,6 +58,14 @@ class WeightsManager:
             return "partial"
         return "missing"
 
+    def partial_bytes(self, spec: ModelSpec) -> int:
+        """Bytes of the partial download (``.part``) kept in the cache, which the next download resumes from when
+        the server proves it is the same file (0: none)."""
+        try:
+            return self.path_for(spec).with_name(spec.filename + ".part").stat().st_size
+        except OSError:
+            return 0
+
     def expected_sha256(self, spec: ModelSpec) -> str | None:
         if spec.sha256:
             return spec.sha256.lower()

@@ -200,6 +200,11 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
     async def load_state(name: str) -> dict[str, Any]:
         return loader.status(name)
 
+    @v1.post("/models/{name}/load/cancel")
+    async def cancel_load(name: str) -> dict[str, Any]:
+        """Stop a queued or downloading load (its partial download kept for the next load); a building one finishes."""
+        return loader.cancel(name)
+
     @v1.get("/stats")
     async def stats() -> dict[str, Any]:
         return {**registry.stats(), **volumes.stats(), "rss_bytes": rss_bytes(), "models_built": pool.builds, "limits": {
