@@ -159,6 +159,10 @@ class ModelLoader:
             load.stage = "cancelled"
             log.info("loading model %s cancelled after %d bytes of its checkpoint", load.name, load.bytes_done)
         except Sam2VolumeError as exc:
+            if load.cancel_asked:  # cancelled, then the download broke off before its next chunk (a read timeout)
+                load.stage = "cancelled"
+                log.info("loading model %s cancelled (%s)", load.name, exc)
+                return
             load.error, load.stage = (type(exc).__name__, str(exc)), "failed"
             log.warning("loading model %s failed: %s", load.name, exc)
         except Exception as exc:
