@@ -192,3 +192,41 @@ def test_a_second_browser_shares_the_page(page, browser, app, ct):
     finally:
         reset(other)
         other.close()
+
+
+def test_seg_nrrd_download_reads_back_in_slicer_core_on_the_volumes_grid(page, ct, totalseg, tmp_path):
+    """The .seg.nrrd download, read by Slicer's own segmentation storage node (slicer-core) beside the CT read
+    by Slicer's volume storage node: the objects' names, the segmentation's grid equal to the CT's
+    IJK-to-RAS, and each segment, sampled on the CT, equal to what sam2volume reads from the same file."""
+    import slicer
+    import slicer_scene as sc
+    import vtk
+    from slicer.util import arrayFromVTKMatrix
+
+    add_object(page, "liver")
+    click_voxel(page, ct, "axial", liver(page, ct))
+    propagate(page)
+    segments, path = seg_nrrd(page, tmp_path)
+    sc.fresh_scene()
+    volume = sc.load_volume(totalseg / "example_ct_sm.nii.gz", "ct")
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(seg), f"Slicer could not read {path}"
+    segmentation = seg.GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())}
+    assert set(names) == {"SAM2 segment", "liver"}
+    geometry = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(
+        segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), geometry, False)
+    grid = vtk.vtkMatrix4x4()
+    geometry.GetImageToWorldMatrix(grid)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    np.testing.assert_allclose(arrayFromVTKMatrix(grid), arrayFromVTKMatrix(ijk_to_ras), atol=1e-4)
+    assert geometry.GetDimensions() == volume.GetImageData().GetDimensions()
+    labels = np.asarray(read_labelmap(path, reference=ct).array)  # (i, j, k)
+    for name, sid in names.items():
+        in_slicer = slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume) > 0  # (k, j, i) on the CT
+        assert np.array_equal(in_slicer.transpose(2, 1, 0), labels == segments[name][0]), name
+    assert (labels == segments["liver"][0]).sum() > 1000
