@@ -128,3 +128,37 @@ def test_right_click_without_a_vertex_says_so_and_the_tool_still_places(page, ct
     assert state(page, "prompt_points") == []
     prompt = draw_stroke(page, ct, "scribble", [(76, 50, k), (90, 58, k), (84, 68, k)], "double")
     assert prompt["labels"] == [1]
+
+
+def test_box_dragged_from_corner_to_corner_equals_the_two_click_box(page, ct, tmp_path):
+    """Box by a drag (press at one corner, release at the other) gives the prompt two clicks at those corners give,
+    and the same propagated segment; a press and release in place is one click (the box's first corner)."""
+    from sam2volume import api
+
+    view, box = view_box(page, "axial")
+    k = shown_index(ct, view, 2)
+    corners = [(70, 40, k), (100, 75, k)]
+    a, b = (pixel_of(view, box, ras_of(ct, c)) for c in corners)
+    page.click("#tool-box")
+    wait(lambda: state(page, "tool") == "box", STEP_S, "the box tool")
+    page.mouse.move(*a)
+    page.mouse.down()
+    for t in np.linspace(0.1, 1.0, 8):
+        page.mouse.move(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+        time.sleep(0.05)
+    page.mouse.up()
+    wait(lambda: len(state(page, "prompt_points")) == 1, STEP_S, "the dragged box")
+    dragged = state(page, "prompt_points")[0]
+    assert dragged["kind"] == "box" and np.all(np.abs(np.array(dragged["ijk"]) - corners) < 0.5), dragged["ijk"]
+    web = propagate_and_download(page, ct, tmp_path)
+    prompts = {"coordinates": "voxel", "axis": "axial", "objects": [{"name": "liver", "label": 1, "boxes": [dragged["ijk"]]}]}
+    expected, _ = api.segment(ct, prompts, engine="baseline", window="abdomen", stop_after=3)
+    assert np.array_equal(web, np.asarray(expected.array) == 1)
+
+    reset(page)
+    page.click("#tool-box")
+    wait(lambda: state(page, "tool") == "box", STEP_S, "the box tool")
+    for at in (a, b):  # two clicks: the same box
+        page.mouse.click(*at)
+    wait(lambda: len(state(page, "prompt_points")) == 1, STEP_S, "the two-click box")
+    assert np.allclose(state(page, "prompt_points")[0]["ijk"], dragged["ijk"])

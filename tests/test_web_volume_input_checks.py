@@ -241,8 +241,9 @@ def test_an_upload_in_progress_is_removed_when_the_app_is_stopped(totalseg, tmp_
         sock.sendall((f"POST /sam2volume-upload HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: {content_type}\r\n"
                       f"Content-Length: {len(body)}\r\nCookie: sam2volume-web-token-{app.port}={app.token}\r\n\r\n").encode()
                      + body[: 2 << 20])  # half of it, then nothing
-        started = wait(lambda: [p for p in _left(tmpdir) if p not in before], 60, "the upload's temporary folder")
-        assert (started[0] / "received" / "ct.nii.gz").exists()
+        # the upload's temporary folder, once the first bytes are in its file (mkdtemp comes a moment before)
+        wait(lambda: [p for p in _left(tmpdir) if p not in before and (p / "received" / "ct.nii.gz").exists()], 60,
+             "the upload's temporary file")
         app.process.terminate()
         app.process.wait(60)
         sock.close()

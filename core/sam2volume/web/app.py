@@ -36,6 +36,9 @@ STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex
 # stretch the browser's gap (84 ms for a Chromium double-click here), so it is longer than a desktop's 400-500 ms
 DOUBLE_CLICK_PX = 4
 DOUBLE_CLICK_S = 0.8
+# A box is placed by two clicks (Slicer's ROI placement) or by a drag: with the box tool, a press and its release in a
+# slice view farther apart than this are handed to Slicer's widget as those two clicks (at the press and the release)
+BOX_DRAG_PX = 4
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 # the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
@@ -533,6 +536,8 @@ class WebApp:
 
         self._last_press = None  # (interactor, event position, time) of the last left press in a slice view
         self._swallow_release = None  # the interactor whose next left release is a double-click's own
+        self._box_press = None  # (interactor, event position) of a left press held back with the box tool
+        self._clicking = False  # a click the app hands to the views itself (see _click)
         self._ending_placement = False
         for view in self.slicer_app.view_manager.get_slice_views():
             iren, tags = view.interactor(), {}
@@ -550,7 +555,40 @@ class WebApp:
         mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
         return self.state.tool in STROKES and mode == slicer.vtkMRMLInteractionNode.Place
 
+    def _placing_box(self) -> bool:
+        import slicer
+
+        mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
+        return self.state.tool == "box" and mode == slicer.vtkMRMLInteractionNode.Place
+
+    def _click(self, iren: Any, position: tuple[int, int]) -> None:
+        """A left click at ``position`` handed to the view's observers (Slicer's widgets) as a user's would be."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self._press(iren, position)
+        self._clicking = True
+        try:
+            iren.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
+        finally:
+            self._clicking = False
+
+    def _press(self, iren: Any, position: tuple[int, int]) -> None:
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self._clicking = True
+        try:
+            iren.SetEventPosition(*position)
+            iren.InvokeEvent(vtkCommand.LeftButtonPressEvent)
+        finally:
+            self._clicking = False
+
     def _on_left_press(self, iren: Any, command: Any) -> None:
+        if self._clicking:
+            return
+        if self._placing_box():  # held back until its release tells a click from a drag
+            command.SetAbortFlag(1)
+            self._box_press = (iren, tuple(iren.GetEventPosition()))
+            return
         now, position = time.monotonic(), iren.GetEventPosition()
         last, self._last_press = self._last_press, (iren, position, now)
         if (last is None or last[0] is not iren or not self._placing_stroke() or now - last[2] > DOUBLE_CLICK_S
@@ -568,6 +606,19 @@ class WebApp:
             iren.SetRepeatCount(0)
 
     def _on_left_release(self, iren: Any, command: Any) -> None:
+        if self._clicking:
+            return
+        if self._box_press is not None and self._box_press[0] is iren:
+            start, end = self._box_press[1], tuple(iren.GetEventPosition())
+            self._box_press = None
+            if max(abs(end[0] - start[0]), abs(end[1] - start[1])) > BOX_DRAG_PX:  # a drag: a click at each end
+                command.SetAbortFlag(1)
+                self._click(iren, start)
+                self._click(iren, end)
+            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
+                self._press(iren, start)
+                iren.SetEventPosition(*end)
+            return
         if self._swallow_release is iren:
             self._swallow_release = None
             command.SetAbortFlag(1)
