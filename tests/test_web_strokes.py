@@ -162,3 +162,62 @@ def test_box_dragged_from_corner_to_corner_equals_the_two_click_box(page, ct, tm
         page.mouse.click(*at)
     wait(lambda: len(state(page, "prompt_points")) == 1, STEP_S, "the two-click box")
     assert np.allclose(state(page, "prompt_points")[0]["ijk"], dragged["ijk"])
+
+
+def drag(page, ct, vertices: list) -> None:
+    """Press at the first voxel, move through the others (small steps), release at the last: a drawn path."""
+    view, box = view_box(page, "axial")
+    xy = [pixel_of(view, box, ras_of(ct, v)) for v in vertices]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for a, b in zip(xy[:-1], xy[1:]):
+        for t in np.linspace(0.125, 1.0, 8):
+            page.mouse.move(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+            time.sleep(0.02)
+    page.mouse.up()
+
+
+def distance_to_path(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """Each point's in-plane distance (voxels) to the polyline ``path``."""
+    out = []
+    for p in points[:, :2]:
+        best = np.inf
+        for a, b in zip(path[:-1, :2], path[1:, :2]):
+            t = np.clip(np.dot(p - a, b - a) / max(np.dot(b - a, b - a), 1e-9), 0, 1)
+            best = min(best, float(np.linalg.norm(p - (a + t * (b - a)))))
+        out.append(best)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("tool", ["scribble", "lasso"])
+def test_stroke_drawn_by_dragging_is_one_prompt_along_the_path(page, ct, tmp_path, tool):
+    """A scribble or lasso drawn by dragging (press, moves, release) is sent on the release as one prompt: its
+    vertices lie on the dragged path (within a voxel), from its start to its end, and the propagated segment
+    equals sam2volume's BaselineSession given those vertices; a click with the tool still places one vertex."""
+    k = shown_index(ct, view_box(page, "axial")[0], 2)
+    path = [(72, 44, k), (96, 46, k), (100, 62, k), (88, 72, k), (72, 66, k)]
+    if tool == "lasso":
+        path.append(path[0])
+    page.click(f"#tool-{tool}")
+    wait(lambda: state(page, "tool") == tool, STEP_S, f"tool {tool}")
+    drag(page, ct, path)
+    wait(lambda: len(state(page, "prompt_points")) == 1, STEP_S, f"the dragged {tool}")
+    prompt = state(page, "prompt_points")[0]
+    ijk = np.array(prompt["ijk"])
+    assert prompt["kind"] == tool and prompt["axis"] == "axial" and len(ijk) >= 8, prompt
+    assert np.all(ijk[:, 2] == k)
+    assert distance_to_path(ijk, np.array(path, float)).max() < 1.0
+    assert np.abs(ijk[0, :2] - path[0][:2]).max() < 1.0 and np.abs(ijk[-1, :2] - path[-1][:2]).max() < 1.0
+    web = propagate_and_download(page, ct, tmp_path)
+    session = BaselineSession(ct, "axial", window="abdomen")
+    if tool == "lasso":
+        session.add_lasso(1, ijk)
+    else:
+        session.add_scribble(1, ijk, True)
+    session.propagate(stop_after=3)
+    expected = np.asarray(session.result().array) == 1
+    assert expected.sum() > 500 and np.array_equal(web, expected), f"{int((web != expected).sum())} voxels differ"
+
+    reset(page)  # clicks still place vertices one by one
+    prompt = draw_stroke(page, ct, tool, [(76, 50, k), (90, 58, k), (84, 68, k)], "finish")
+    assert len(prompt["ijk"]) == 3

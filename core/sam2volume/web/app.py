@@ -39,6 +39,11 @@ DOUBLE_CLICK_S = 0.8
 # A box is placed by two clicks (Slicer's ROI placement) or by a drag: with the box tool, a press and its release in a
 # slice view farther apart than this are handed to Slicer's widget as those two clicks (at the press and the release)
 BOX_DRAG_PX = 4
+# A scribble or lasso is drawn by clicking its vertices (Slicer's curve placement) or by dragging: a press, moves
+# and a release more than BOX_DRAG_PX apart are one stroke through the path's points STROKE_STEP_PX apart (at most
+# MAX_STROKE_POINTS), sent on the release as Finish stroke sends it
+STROKE_STEP_PX = 5
+MAX_STROKE_POINTS = 200
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 # the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
@@ -537,10 +542,14 @@ class WebApp:
         self._last_press = None  # (interactor, event position, time) of the last left press in a slice view
         self._swallow_release = None  # the interactor whose next left release is a double-click's own
         self._box_press = None  # (interactor, event position) of a left press held back with the box tool
+        self._stroke_press = None  # (interactor, [event positions]) of a left press held back with a stroke tool
+        self._slice_of = {}  # interactor -> its slice view's node
         self._clicking = False  # a click the app hands to the views itself (see _click)
         self._ending_placement = False
         for view in self.slicer_app.view_manager.get_slice_views():
             iren, tags = view.interactor(), {}
+            self._slice_of[iren] = view.get_view_node()
+            tags["move"] = iren.AddObserver(vtkCommand.MouseMoveEvent, lambda i, _e: self._on_mouse_move(i), 20.0)
             # before the views' own observers (Slicer's interactor style: priority 0; view_of's: 10)
             tags["press"] = iren.AddObserver(vtkCommand.LeftButtonPressEvent, lambda i, _e, t=tags: self._on_left_press(
                 i, i.GetCommand(t["press"])), 20.0)
@@ -593,6 +602,9 @@ class WebApp:
         last, self._last_press = self._last_press, (iren, position, now)
         if (last is None or last[0] is not iren or not self._placing_stroke() or now - last[2] > DOUBLE_CLICK_S
                 or max(abs(position[0] - last[1][0]), abs(position[1] - last[1][1])) > DOUBLE_CLICK_PX):
+            if self._placing_stroke():  # held back until its release tells a click (a vertex) from a drag (a stroke)
+                command.SetAbortFlag(1)
+                self._stroke_press = (iren, [tuple(position)])
             return
         from vtkmodules.vtkCommonCore import vtkCommand
 
@@ -619,9 +631,56 @@ class WebApp:
                 self._press(iren, start)
                 iren.SetEventPosition(*end)
             return
+        if self._stroke_press is not None and self._stroke_press[0] is iren:
+            path = self._stroke_press[1] + [tuple(iren.GetEventPosition())]
+            self._stroke_press = None
+            start = path[0]
+            if max(max(abs(x - start[0]), abs(y - start[1])) for x, y in path) > BOX_DRAG_PX:
+                command.SetAbortFlag(1)
+                self._last_press = None  # a click after a drag is a first click
+                self._draw_stroke(iren, path)
+            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
+                end = path[-1]
+                self._press(iren, start)
+                iren.SetEventPosition(*end)
+            return
         if self._swallow_release is iren:
             self._swallow_release = None
             command.SetAbortFlag(1)
+
+    def _on_mouse_move(self, iren: Any) -> None:
+        if self._stroke_press is not None and self._stroke_press[0] is iren:
+            position, path = tuple(iren.GetEventPosition()), self._stroke_press[1]
+            if max(abs(position[0] - path[-1][0]), abs(position[1] - path[-1][1])) >= 1:
+                path.append(position)
+
+    def _draw_stroke(self, iren: Any, path: list) -> None:
+        """A dragged stroke: the path's points (STROKE_STEP_PX apart, at most MAX_STROKE_POINTS) become the stroke
+        node's vertices on the view's slice plane (its XY-to-RAS), then the stroke is sent as Finish stroke sends it."""
+        from slicer.util import arrayFromVTKMatrix
+
+        kept = [path[0]]
+        for x, y in path[1:]:
+            if max(abs(x - kept[-1][0]), abs(y - kept[-1][1])) >= STROKE_STEP_PX:
+                kept.append((x, y))
+        if kept[-1] != path[-1]:
+            kept.append(path[-1])
+        if len(kept) > MAX_STROKE_POINTS:
+            kept = [kept[int(i)] for i in np.linspace(0, len(kept) - 1, MAX_STROKE_POINTS)]
+        xy_to_ras = arrayFromVTKMatrix(self._slice_of[iren].GetXYToRAS())
+        node = self._stroke_node(self.state.tool)
+        for x, y in kept:
+            node.AddControlPointWorld(*(xy_to_ras @ [x, y, 0.0, 1.0])[:3])
+        self._pressed = self._slice_of[iren]  # the view the stroke was drawn in
+
+        def send() -> None:
+            with self.state:
+                self.finish_stroke()
+
+        try:
+            asyncio.get_running_loop().call_soon(send)
+        except RuntimeError:  # no event loop (a script driving the app): at once
+            send()
 
     def _on_end_placement(self) -> None:
         """Place mode ended by Slicer's markups widget (right-click, double-click) with a stroke tool chosen: the
