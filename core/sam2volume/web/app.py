@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import numpy as np
 from SegmentWithSAM2Lib.engine_link import EngineLink, Settings
 
 from ..windowing import CT_PRESETS
+from .guards import token_guard, web_guard
+from .pointer import STROKES, PointerInput
 from .uploads import ACCEPTED, MAX_FILES
 from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SHORTCUTS, SegmentWithSAM2Logic, box_corners, curve_points, describe_error,
                                       slice_node_for_point)
@@ -29,21 +30,6 @@ from SegmentWithSAM2Lib.logic import (GUI_POLL_TIMEOUT_S, SHORTCUTS, SegmentWith
 log = logging.getLogger("sam2volume.web")
 
 TOOLS = ("view", "positive", "negative", "box", "scribble", "lasso")
-STROKES = ("scribble", "lasso")  # drawn as markups curves, one click per vertex, sent by "Finish stroke" ...
-# ... or ended as 3D Slicer ends markups placement: a right-click, or a double-click. trame-rca forwards no
-# double-click (two press/release pairs, repeat count 0), so a second left press this near the last one, in
-# place and in time, is taken for one; the time is the app's (the events carry none): network and rendering
-# stretch the browser's gap (84 ms for a Chromium double-click here), so it is longer than a desktop's 400-500 ms
-DOUBLE_CLICK_PX = 4
-DOUBLE_CLICK_S = 0.8
-# A box is placed by two clicks (Slicer's ROI placement) or by a drag: with the box tool, a press and its release in a
-# slice view farther apart than this are handed to Slicer's widget as those two clicks (at the press and the release)
-BOX_DRAG_PX = 4
-# A scribble or lasso is drawn by clicking its vertices (Slicer's curve placement) or by dragging: a press, moves
-# and a release more than BOX_DRAG_PX apart are one stroke through the path's points STROKE_STEP_PX apart (at most
-# MAX_STROKE_POINTS), sent on the release as Finish stroke sends it
-STROKE_STEP_PX = 5
-MAX_STROKE_POINTS = 200
 LAYOUT = "Quad View"
 SEGMENT_COLOUR = (1.0, 0.25, 1.0)  # magenta
 # the next objects' colours (none the points' green or red): cyan, orange, blue, yellow, purple, brown
@@ -119,7 +105,7 @@ class FetchedJob:
         return getattr(self.job, name)
 
 
-class WebApp:
+class WebApp(PointerInput):
     """One page (one trame server) on one volume, one segmentation with one segment per object."""
 
     def __init__(self, server: Any, image: str | os.PathLike[str], settings: Settings, link: EngineLink, *,
@@ -529,180 +515,6 @@ class WebApp:
                 return c.add_scribble(segment_id, points, positive, s2r, w2l, key=key)
         self._prompt(tool, node, send, self.view_of(points[0]))
 
-    def _observe_stroke_ends(self) -> None:
-        """A stroke also ends as 3D Slicer's markups placement ends (vtkSlicerMarkupsWidget in its place state):
-        on a right button release, or on a left double-click; Slicer's widget then leaves place mode and the
-        interaction node sends EndPlacementEvent, and the stroke drawn is sent as Finish stroke sends it.
-        The right button reaches the views through trame-rca; a double-click does not (see DOUBLE_CLICK_S), so
-        it is recognised here and handed to Slicer's widget as the LeftButtonDoubleClickEvent Qt would give:
-        the double-click's first click places the last vertex (as in Slicer), its second click places nothing."""
-        import slicer
-        from vtkmodules.vtkCommonCore import vtkCommand
-
-        self._last_press = None  # (interactor, event position, time) of the last left press in a slice view
-        self._swallow_release = None  # the interactor whose next left release is a double-click's own
-        self._box_press = None  # (interactor, event position) of a left press held back with the box tool
-        self._stroke_press = None  # (interactor, [event positions]) of a left press held back with a stroke tool
-        self._slice_of = {}  # interactor -> its slice view's node
-        self._clicking = False  # a click the app hands to the views itself (see _click)
-        self._ending_placement = False
-        for view in self.slicer_app.view_manager.get_slice_views():
-            iren, tags = view.interactor(), {}
-            self._slice_of[iren] = view.get_view_node()
-            tags["move"] = iren.AddObserver(vtkCommand.MouseMoveEvent, lambda i, _e: self._on_mouse_move(i), 20.0)
-            # before the views' own observers (Slicer's interactor style: priority 0; view_of's: 10)
-            tags["press"] = iren.AddObserver(vtkCommand.LeftButtonPressEvent, lambda i, _e, t=tags: self._on_left_press(
-                i, i.GetCommand(t["press"])), 20.0)
-            tags["release"] = iren.AddObserver(vtkCommand.LeftButtonReleaseEvent, lambda i, _e, t=tags: self._on_left_release(
-                i, i.GetCommand(t["release"])), 20.0)
-        interaction = self.slicer_app.markups_logic.interaction_node
-        interaction.AddObserver(slicer.vtkMRMLInteractionNode.EndPlacementEvent, lambda *_: self._on_end_placement())
-
-    def _placing_stroke(self) -> bool:
-        import slicer
-
-        mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
-        return self.state.tool in STROKES and mode == slicer.vtkMRMLInteractionNode.Place
-
-    def _placing_box(self) -> bool:
-        import slicer
-
-        mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
-        return self.state.tool == "box" and mode == slicer.vtkMRMLInteractionNode.Place
-
-    def _click(self, iren: Any, position: tuple[int, int]) -> None:
-        """A left click at ``position`` handed to the view's observers (Slicer's widgets) as a user's would be."""
-        from vtkmodules.vtkCommonCore import vtkCommand
-
-        self._press(iren, position)
-        self._clicking = True
-        try:
-            iren.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
-        finally:
-            self._clicking = False
-
-    def _press(self, iren: Any, position: tuple[int, int]) -> None:
-        from vtkmodules.vtkCommonCore import vtkCommand
-
-        self._clicking = True
-        try:
-            iren.SetEventPosition(*position)
-            iren.InvokeEvent(vtkCommand.LeftButtonPressEvent)
-        finally:
-            self._clicking = False
-
-    def _on_left_press(self, iren: Any, command: Any) -> None:
-        if self._clicking:
-            return
-        if self._placing_box():  # held back until its release tells a click from a drag
-            command.SetAbortFlag(1)
-            self._box_press = (iren, tuple(iren.GetEventPosition()))
-            return
-        now, position = time.monotonic(), iren.GetEventPosition()
-        last, self._last_press = self._last_press, (iren, position, now)
-        if (last is None or last[0] is not iren or not self._placing_stroke() or now - last[2] > DOUBLE_CLICK_S
-                or max(abs(position[0] - last[1][0]), abs(position[1] - last[1][1])) > DOUBLE_CLICK_PX):
-            if self._placing_stroke():  # held back until its release tells a click (a vertex) from a drag (a stroke)
-                command.SetAbortFlag(1)
-                self._stroke_press = (iren, [tuple(position)])
-            return
-        from vtkmodules.vtkCommonCore import vtkCommand
-
-        self._last_press = None  # a third click is a first click again
-        command.SetAbortFlag(1)  # the second press reaches no widget ...
-        self._swallow_release = iren  # ... nor does its release: no second vertex
-        iren.SetRepeatCount(1)  # what Qt's interactor adapter gives Slicer with a double-click
-        try:
-            iren.InvokeEvent(vtkCommand.LeftButtonDoubleClickEvent)  # Slicer's markups widget: stop placing
-        finally:
-            iren.SetRepeatCount(0)
-
-    def _on_left_release(self, iren: Any, command: Any) -> None:
-        if self._clicking:
-            return
-        if self._box_press is not None and self._box_press[0] is iren:
-            start, end = self._box_press[1], tuple(iren.GetEventPosition())
-            self._box_press = None
-            if max(abs(end[0] - start[0]), abs(end[1] - start[1])) > BOX_DRAG_PX:  # a drag: a click at each end
-                command.SetAbortFlag(1)
-                self._click(iren, start)
-                self._click(iren, end)
-            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
-                self._press(iren, start)
-                iren.SetEventPosition(*end)
-            return
-        if self._stroke_press is not None and self._stroke_press[0] is iren:
-            path = self._stroke_press[1] + [tuple(iren.GetEventPosition())]
-            self._stroke_press = None
-            start = path[0]
-            if max(max(abs(x - start[0]), abs(y - start[1])) for x, y in path) > BOX_DRAG_PX:
-                command.SetAbortFlag(1)
-                self._last_press = None  # a click after a drag is a first click
-                self._draw_stroke(iren, path)
-            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
-                end = path[-1]
-                self._press(iren, start)
-                iren.SetEventPosition(*end)
-            return
-        if self._swallow_release is iren:
-            self._swallow_release = None
-            command.SetAbortFlag(1)
-
-    def _on_mouse_move(self, iren: Any) -> None:
-        if self._stroke_press is not None and self._stroke_press[0] is iren:
-            position, path = tuple(iren.GetEventPosition()), self._stroke_press[1]
-            if max(abs(position[0] - path[-1][0]), abs(position[1] - path[-1][1])) >= 1:
-                path.append(position)
-
-    def _draw_stroke(self, iren: Any, path: list) -> None:
-        """A dragged stroke: the path's points (STROKE_STEP_PX apart, at most MAX_STROKE_POINTS) become the stroke
-        node's vertices on the view's slice plane (its XY-to-RAS), then the stroke is sent as Finish stroke sends it."""
-        from slicer.util import arrayFromVTKMatrix
-
-        kept = [path[0]]
-        for x, y in path[1:]:
-            if max(abs(x - kept[-1][0]), abs(y - kept[-1][1])) >= STROKE_STEP_PX:
-                kept.append((x, y))
-        if kept[-1] != path[-1]:
-            kept.append(path[-1])
-        if len(kept) > MAX_STROKE_POINTS:
-            kept = [kept[int(i)] for i in np.linspace(0, len(kept) - 1, MAX_STROKE_POINTS)]
-        xy_to_ras = arrayFromVTKMatrix(self._slice_of[iren].GetXYToRAS())
-        node = self._stroke_node(self.state.tool)
-        for x, y in kept:
-            node.AddControlPointWorld(*(xy_to_ras @ [x, y, 0.0, 1.0])[:3])
-        self._pressed = self._slice_of[iren]  # the view the stroke was drawn in
-
-        def send() -> None:
-            with self.state:
-                self.finish_stroke()
-
-        try:
-            asyncio.get_running_loop().call_soon(send)
-        except RuntimeError:  # no event loop (a script driving the app): at once
-            send()
-
-    def _on_end_placement(self) -> None:
-        """Place mode ended by Slicer's markups widget (right-click, double-click) with a stroke tool chosen: the
-        stroke is sent (after the widget's own event handling is done); none drawn: the tool places again."""
-        if self._ending_placement or self.state.tool not in STROKES:
-            return
-
-        def end() -> None:
-            with self.state:
-                if self.state.tool not in STROKES or self._placing_stroke():
-                    return
-                if len(curve_points(self._stroke_node(self.state.tool))):
-                    self.finish_stroke()
-                else:
-                    self._on_tool(self.state.tool)
-                    self.state.status = f"no {self.state.tool} to finish: click its vertices in a slice view first"
-
-        try:
-            asyncio.get_running_loop().call_soon(end)
-        except RuntimeError:  # no event loop (a script driving the app): at once
-            end()
-
     def _on_placed(self, kind: str, node) -> None:
         if self.logic.busy:
             self._refuse(kind, node, "a propagation is running; wait for it or press Cancel")
@@ -1099,67 +911,6 @@ class WebApp:
     def close(self) -> None:
         self.logic.close()
         self.engine.shutdown(wait=False, cancel_futures=True)
-
-
-def web_guard(host: str) -> Any:
-    """aiohttp middleware with the engine server's web-page checks (``server.guards.HostPolicy``): a Host
-    header naming this server (no DNS rebinding), no Origin but the page's own and no Sec-Fetch-Site
-    cross-site/same-site, on every request, the websocket's included (another site's page could
-    otherwise drive this one and download the result)."""
-    from aiohttp import web
-
-    from ..server.guards import HostPolicy
-
-    policy = HostPolicy(host)
-
-    @web.middleware
-    async def guard(request: Any, handler: Any) -> Any:
-        headers: dict[str, str] = {}
-        for k, v in request.headers.items():
-            # the Content-Type rule is the JSON API's: the page's own client POSTs text/plain to /paraview/
-            # (a cross-origin POST still carries an Origin header, refused here)
-            if k.lower() not in ("content-type", "content-length", "transfer-encoding"):
-                headers.setdefault(k.lower(), v)
-        problem = policy.problem(request.method, request.path, headers)
-        if problem is not None:
-            status, kind, message = problem
-            return web.json_response({"error": {"type": kind, "message": message}}, status=status)
-        return await handler(request)
-
-    return guard
-
-
-TOKEN_COOKIE = "sam2volume-web-token-{port}"  # one per port: two pages on one host keep their own
-
-
-def token_guard(token: str, port: int) -> Any:
-    """aiohttp middleware: every request (page, assets, websocket) needs the page's token, compared in
-    constant time, as ``?token=`` (then set as an HttpOnly, SameSite=Strict cookie, so the page's own later
-    requests carry it), as that cookie or as ``Authorization: Bearer``; else 401 with a JSON error."""
-    from aiohttp import web
-
-    from ..server.token_files import bearer_matches, token_matches
-
-    cookie = TOKEN_COOKIE.format(port=int(port))
-
-    @web.middleware
-    async def guard(request: Any, handler: Any) -> Any:
-        in_query = token_matches(request.query.get("token"), token)
-        if not (in_query or token_matches(request.cookies.get(cookie), token)
-                or bearer_matches(request.headers.get("Authorization"), token)):
-            return web.json_response({"error": {"type": "AuthError", "message": (
-                "missing or wrong token: open the URL sam2volume web printed (http://HOST:PORT/?token=...)")}}, status=401)
-        def remember(response: Any) -> Any:
-            if in_query and isinstance(response, web.StreamResponse) and not response.prepared:
-                response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
-            return response
-
-        try:
-            return remember(await handler(request))
-        except web.HTTPException as exc:  # wslink's / -> index.html redirect is raised
-            raise remember(exc) from None
-
-    return guard
 
 
 def _key_hint(action: str) -> str:
