@@ -455,22 +455,17 @@ def create_app(config: ServerConfig, bind_host: str = "127.0.0.1") -> FastAPI:
         registry.add_job(job)  # again for a retried request: the same job
         return {"job": job.id}
 
-    waiting = [0]  # long polls waiting now (changed on the event loop only)
-
     @v1.get("/jobs/{jid}/events")
     async def job_events(jid: str, after: int = 0, wait: float = 0.0) -> dict[str, Any]:
         job = registry.job(jid)
         if after < 0 or not wait >= 0:
             raise InputError(f"after ({after}) and wait ({wait}) must not be negative")
         wait = min(wait, config.max_wait_s)
-        if waiting[0] >= config.max_long_polls:
+        if registry.long_polls() >= config.max_long_polls:
             wait = 0.0  # over --max-long-polls: answered at once, so waiting polls never hold more connections than that
-        # waits on the event loop: long polls hold no worker thread, so they cannot starve other users' prompts
-        waiting[0] += 1
-        try:
-            return await job.wait_events(after, wait)
-        finally:
-            waiting[0] -= 1
+        # waits on the event loop (it registers as a waiter before its first await, so the count above is exact):
+        # long polls hold no worker thread, so they cannot starve other users' prompts
+        return await job.wait_events(after, wait)
 
     @v1.post("/jobs/{jid}/cancel")
     async def cancel_job(jid: str) -> dict[str, Any]:

@@ -203,12 +203,17 @@ class SessionRegistry:
         for sid in sids:
             self.close(sid, "closed at shutdown")
 
+    def long_polls(self) -> int:
+        """Long polls of job events waiting now, on every job."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return sum(j.waiting() for j in jobs)
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             sessions = [s for s in self._items.values() if s is not None]
             jobs_running = sum(1 for j in self._jobs.values() if not j.done)
-            long_polls = sum(j.waiting() for j in self._jobs.values())
-        return {"sessions": len(sessions), "jobs_running": jobs_running, "long_polls": long_polls,
+        return {"sessions": len(sessions), "jobs_running": jobs_running, "long_polls": self.long_polls(),
                 "encoding_ahead": sum(1 for s in sessions if s.encoding_ahead())}
 
 
