@@ -10,38 +10,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
-import slicer  # noqa: E402
 import slicer_scene as sc  # noqa: E402
+from test_slicer_logic import BASELINE, ct, link, logic, red_at, session_mask  # noqa: E402,F401 - fixtures used by name
 
-from SegmentWithSAM2Lib.engine_link import Settings  # noqa: E402
-from SegmentWithSAM2Lib.logic import SegmentWithSAM2Logic  # noqa: E402
-
-BASELINE = Settings(mode="local", engine="baseline", device="cpu", window="abdomen", stopAfter=3)
 LIVER, SPLEEN = (84, 56, 18), (40, 56, 18)  # voxels (i, j, k) inside the liver and the spleen of example_ct_sm
-
-
-@pytest.fixture(scope="module")
-def link():
-    lk = sc.engine_link()
-    yield lk
-    lk.stop()
-
-
-@pytest.fixture
-def logic(link):
-    lg = SegmentWithSAM2Logic(link=link)
-    yield lg
-    lg.reset()
-
-
-@pytest.fixture
-def ct(totalseg):
-    sc.fresh_scene()
-    return sc.load_volume(totalseg / "example_ct_sm.nii.gz", "ct")
-
-
-def red(ct, k):
-    return sc.slice_node("Red", sc.ras_of(ct, [0, 0, k]))
 
 
 def click(logic, ct, seg, sid, ijk, positive=True):
@@ -49,7 +21,7 @@ def click(logic, ct, seg, sid, ijk, positive=True):
     n = node.AddControlPointWorld(*sc.ras_of(ct, ijk))
     node.SetNthControlPointDescription(n, sid)
     key = (node.GetID(), node.GetNthControlPointID(n))
-    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, ijk)], [positive], red(ct, ijk[2]), BASELINE, key=key)
+    logic.addPoints(ct, seg, sid, [sc.ras_of(ct, ijk)], [positive], red_at(ct, ijk), BASELINE, key=key)
     return node
 
 
@@ -59,11 +31,6 @@ def two_objects(logic, ct):
     node = click(logic, ct, seg, liver, LIVER)
     click(logic, ct, seg, spleen, SPLEEN)
     return seg, liver, spleen, node
-
-
-def session_mask(logic, ct, seg, sid):
-    c = logic.controllers[(ct.GetID(), seg.GetID())]
-    return sc.result_kji(c.result_masks([sid])[sid])
 
 
 def descriptions(node):

@@ -664,7 +664,8 @@ class SegmentWithSAM2Logic:
             if self.busy and self.task.controller is c:
                 raise InputError("a propagation is running; wait for it or press Cancel")
             self._forget(c, segmentationNode, segmentId)
-        self._written.pop((segmentationNode.GetID(), segmentId), None)
+        else:
+            self._written.pop((segmentationNode.GetID(), segmentId), None)  # _forget drops it with the prompts
 
     def removeSegment(self, volumeNode, segmentationNode, segmentId) -> None:
         """Delete the segment from the segmentation and its object and prompts from the engine."""

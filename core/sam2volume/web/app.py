@@ -678,9 +678,7 @@ class WebApp(PointerInput):
         except Exception as exc:  # noqa: BLE001
             self.state.status = f"nothing undone: {describe_error(exc)}"
             return
-        c = self.logic.controllers.get((self.volume.GetID(), self.segmentation.GetID()))
-        if c is not None:
-            self._list_prompts(c)
+        self._relist_prompts()
         self.state.status = "last prompt undone"
 
     def reset(self) -> None:

@@ -23,9 +23,9 @@ DOUBLE_CLICK_PX = 4
 DOUBLE_CLICK_S = 0.8
 # A box is placed by two clicks (Slicer's ROI placement) or by a drag: with the box tool, a press and its release in a
 # slice view farther apart than this are handed to Slicer's widget as those two clicks (at the press and the release)
-BOX_DRAG_PX = 4
+DRAG_PX = 4
 # A scribble or lasso is drawn by clicking its vertices (Slicer's curve placement) or by dragging: a press, moves
-# and a release more than BOX_DRAG_PX apart are one stroke through the path's points STROKE_STEP_PX apart (at most
+# and a release more than DRAG_PX apart are one stroke through the path's points STROKE_STEP_PX apart (at most
 # MAX_STROKE_POINTS), sent on the release as Finish stroke sends it
 STROKE_STEP_PX = 5
 MAX_STROKE_POINTS = 200
@@ -46,8 +46,7 @@ class PointerInput:
 
         self._last_press = None  # (interactor, event position, time) of the last left press in a slice view
         self._swallow_release = None  # the interactor whose next left release is a double-click's own
-        self._box_press = None  # (interactor, event position) of a left press held back with the box tool
-        self._stroke_press = None  # (interactor, [event positions]) of a left press held back with a stroke tool
+        self._held = None  # (interactor, "box" or "stroke", [event positions since]) of a left press held back
         self._slice_of = {}  # interactor -> its slice view's node
         self._clicking = False  # a click the app hands to the views itself (see _click)
         self._ending_placement = False
@@ -63,17 +62,12 @@ class PointerInput:
         interaction = self.slicer_app.markups_logic.interaction_node
         interaction.AddObserver(slicer.vtkMRMLInteractionNode.EndPlacementEvent, lambda *_: self._on_end_placement())
 
-    def _placing_stroke(self) -> bool:
+    def _placing(self, *tools: str) -> bool:
+        """One of ``tools`` is chosen and Slicer's markups placement is on (its place mode)."""
         import slicer
 
         mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
-        return self.state.tool in STROKES and mode == slicer.vtkMRMLInteractionNode.Place
-
-    def _placing_box(self) -> bool:
-        import slicer
-
-        mode = self.slicer_app.markups_logic.interaction_node.GetCurrentInteractionMode()
-        return self.state.tool == "box" and mode == slicer.vtkMRMLInteractionNode.Place
+        return self.state.tool in tools and mode == slicer.vtkMRMLInteractionNode.Place
 
     def _click(self, iren: Any, position: tuple[int, int]) -> None:
         """A left click at ``position`` handed to the view's observers (Slicer's widgets) as a user's would be."""
@@ -99,17 +93,17 @@ class PointerInput:
     def _on_left_press(self, iren: Any, command: Any) -> None:
         if self._clicking:
             return
-        if self._placing_box():  # held back until its release tells a click from a drag
+        if self._placing("box"):  # held back until its release tells a click from a drag
             command.SetAbortFlag(1)
-            self._box_press = (iren, tuple(iren.GetEventPosition()))
+            self._held = (iren, "box", [tuple(iren.GetEventPosition())])
             return
         now, position = time.monotonic(), iren.GetEventPosition()
         last, self._last_press = self._last_press, (iren, position, now)
-        if (last is None or last[0] is not iren or not self._placing_stroke() or now - last[2] > DOUBLE_CLICK_S
+        if (last is None or last[0] is not iren or not self._placing(*STROKES) or now - last[2] > DOUBLE_CLICK_S
                 or max(abs(position[0] - last[1][0]), abs(position[1] - last[1][1])) > DOUBLE_CLICK_PX):
-            if self._placing_stroke():  # held back until its release tells a click (a vertex) from a drag (a stroke)
+            if self._placing(*STROKES):  # held back until its release tells a click (a vertex) from a drag (a stroke)
                 command.SetAbortFlag(1)
-                self._stroke_press = (iren, [tuple(position)])
+                self._held = (iren, "stroke", [tuple(position)])
             return
         from vtkmodules.vtkCommonCore import vtkCommand
 
@@ -125,27 +119,24 @@ class PointerInput:
     def _on_left_release(self, iren: Any, command: Any) -> None:
         if self._clicking:
             return
-        if self._box_press is not None and self._box_press[0] is iren:
-            start, end = self._box_press[1], tuple(iren.GetEventPosition())
-            self._box_press = None
-            if max(abs(end[0] - start[0]), abs(end[1] - start[1])) > BOX_DRAG_PX:  # a drag: a click at each end
+        if self._held is not None and self._held[0] is iren:
+            _, kind, path = self._held
+            self._held = None
+            path = path + [tuple(iren.GetEventPosition())]
+            start, end = path[0], path[-1]
+
+            def far(point: tuple) -> bool:
+                return max(abs(point[0] - start[0]), abs(point[1] - start[1])) > DRAG_PX
+
+            if kind == "box" and far(end):  # a box dragged: a click at each corner
                 command.SetAbortFlag(1)
                 self._click(iren, start)
                 self._click(iren, end)
-            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
-                self._press(iren, start)
-                iren.SetEventPosition(*end)
-            return
-        if self._stroke_press is not None and self._stroke_press[0] is iren:
-            path = self._stroke_press[1] + [tuple(iren.GetEventPosition())]
-            self._stroke_press = None
-            start = path[0]
-            if max(max(abs(x - start[0]), abs(y - start[1])) for x, y in path) > BOX_DRAG_PX:
+            elif kind == "stroke" and any(far(point) for point in path):  # a stroke drawn along the path
                 command.SetAbortFlag(1)
                 self._last_press = None  # a click after a drag is a first click
                 self._draw_stroke(iren, path)
-            else:  # a click: the press it held back, then this release, reach Slicer's widget in their order
-                end = path[-1]
+            else:  # a click: the press held back, then this release, reach Slicer's widget in their order
                 self._press(iren, start)
                 iren.SetEventPosition(*end)
             return
@@ -154,8 +145,8 @@ class PointerInput:
             command.SetAbortFlag(1)
 
     def _on_mouse_move(self, iren: Any) -> None:
-        if self._stroke_press is not None and self._stroke_press[0] is iren:
-            position, path = tuple(iren.GetEventPosition()), self._stroke_press[1]
+        if self._held is not None and self._held[0] is iren:
+            position, path = tuple(iren.GetEventPosition()), self._held[2]
             if max(abs(position[0] - path[-1][0]), abs(position[1] - path[-1][1])) >= 1:
                 path.append(position)
 
@@ -195,7 +186,7 @@ class PointerInput:
 
         def end() -> None:
             with self.state:
-                if self.state.tool not in STROKES or self._placing_stroke():
+                if self.state.tool not in STROKES or self._placing(*STROKES):
                     return
                 if len(curve_points(self._stroke_node(self.state.tool))):
                     self.finish_stroke()
